@@ -60,6 +60,25 @@ def test_train_then_eval_round_trip(tmp_path, capsys, objective):
     assert spec == "planning" and dataclasses.asdict(model.cfg) == dataclasses.asdict(run["model"].cfg)
 
 
+def test_lmlab_train_with_task_routes_here_then_eval_reads_the_run(tmp_path, capsys):
+    from lmlab.cli.main import main, route
+
+    assert route("train", ["--task", "countdown4"]) == route("train", ["--task=x"]) == "lmlab.cli.eval"
+    assert route("train", ["--objective", "mgdm"]) == "lmlab.cli.train"
+    run_dir = tmp_path / "run"
+    code = main(["train", "--task", "planning2", "--objective", "mgdm", "--model.dim", "16", "--model.n-heads", "2",
+                 "--train.steps", "3", "--train.warmup-steps", "1", "--train.progress", "false",
+                 "--train.run-dir", str(run_dir), "--task-data.n-train", "40", "--task-data.n-test", "8",
+                 "--task-data.decode-steps", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "accuracy" in out and "steps: 3" in out
+    assert main(["eval", "--checkpoint", str(run_dir), "--n", "5", "--steps", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:2] == ["planning2", "5"]
+    assert main(["train", "--task", "chess", "--train.steps", "1"]) == 2
+    assert "unknown task 'chess'" in capsys.readouterr().err
+
+
 def test_run_task_job_is_what_lmlab_train_calls_with_a_task(tmp_path):
     from types import SimpleNamespace
 

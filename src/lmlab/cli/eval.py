@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.config import add_arguments as add_config_arguments
 from lmlab.core.config import param
 
 TASKS = {  # preset: (task registry name, config overrides); difficulty grows along each family
@@ -183,6 +184,46 @@ def train_on_task(objective: str, spec: str, model_cfg: Any, train_cfg: Any, dat
         (run_dir / "task.json").write_text(json.dumps({"task": spec, "codec": codec.to_dict()}, indent=1))
     return {"model": model, "codec": codec, "task": task, "test": test, "history": history,
             "seconds": t.seconds, "steps": trainer.step, "params": model.num_params()}
+
+
+def task_job_class() -> type:
+    """TaskJob (built on first use so that importing this module does not import torch): what
+    ``lmlab train --task SPEC --objective mgdm`` parses; every field is also a flag (``--train.steps 2000``)."""
+    from lmlab.core.train import TrainConfig
+    from lmlab.core.transformer import TransformerConfig
+
+    # make_dataclass keeps real (not string) annotations: this module uses postponed evaluation
+    return make_dataclass("TaskJob", [
+        ("task", str, param("planning3", f"task spec: a preset ({', '.join(TASKS)}) or name:key=value,...")),
+        ("objective", str, param("mgdm", "objective registry name: causal_lm (the AR baseline) | mdm | mgdm")),
+        ("seed", int, param(0, "seed of the model initialisation")),
+        ("threads", int, param(1, "torch intra-op threads")),
+        ("model", TransformerConfig, param(TransformerConfig(dim=64, n_layers=2, n_heads=8, max_seq_len=64),
+                                           "model shape (vocabulary, context and mask follow the task)")),
+        ("train", TrainConfig, param(TrainConfig(steps=2000, lr=3e-3, warmup_steps=100), "optimisation")),
+        ("task_data", TaskDataConfig, param(TaskDataConfig(), "task data and evaluation decoding")),
+    ])
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """``lmlab train --task ...`` (routed here by cli/main.py ROUTES)."""
+    p.add_argument("--config", type=Path, default=None, help="TOML file with task / objective / [model] / [train]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. train.lr=1e-3")
+    add_config_arguments(p, task_job_class())
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lmlab.core.config import from_args, load_toml
+
+    base = load_toml(args.config) if args.config else {}
+    job = from_args(task_job_class(), args, base, args.overrides)
+    out = run_task_job(job)
+    for k, v in out.items():
+        print(f"{k:>14}: {v:.4f}" if isinstance(v, float) else f"{k:>14}: {v}")
+    if job.train.run_dir:
+        print(f"saved to {job.train.run_dir}; evaluate with: lmlab eval --checkpoint {job.train.run_dir}")
+    return 0
 
 
 def run_task_job(job: Any) -> dict[str, Any]:

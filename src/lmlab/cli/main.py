@@ -28,14 +28,18 @@ VERBS = {  # verb: (module, one-line help)
 ROUTES = {
     ("train", "--model", "acdit"): "lmlab.cli.acdit",
     ("generate", "--model", "acdit"): "lmlab.cli.acdit",
+    ("train", "--task", None): "lmlab.cli.eval",
 }
 
 
 def route(verb: str, argv: list[str]) -> str:
     for (v, flag, value), module in ROUTES.items():
-        if v == verb and flag in argv:
-            i = argv.index(flag)
-            if value is None or (i + 1 < len(argv) and argv[i + 1] == value):
+        if v != verb:
+            continue
+        for i, a in enumerate(argv):
+            given = a.split("=", 1)[1] if a.startswith(flag + "=") else (
+                argv[i + 1] if a == flag and i + 1 < len(argv) else None)
+            if given is not None and value in (None, given):
                 return module
     return VERBS[verb][0]
 

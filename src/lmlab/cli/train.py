@@ -3,7 +3,8 @@
 The TOML file mirrors ``TrainJob``: top-level ``objective``, tables ``[model]`` (TransformerConfig), ``[train]``
 (TrainConfig) and ``[data]`` (DataConfig). Every field is also a flag (``--train.lr 1e-3``). The resolved config
 is written to ``<run_dir>/job.json``; the final weights to ``<run_dir>/model`` with the tokenizer beside them,
-which is what ``lmlab generate --checkpoint <run_dir>`` loads. Launch under ``torchrun --nproc_per_node N`` for
+which is what ``lmlab generate --checkpoint <run_dir>`` loads. ``--task SPEC`` routes to the task trainer
+in :mod:`lmlab.cli.eval`. Launch under ``torchrun --nproc_per_node N`` for
 DistributedDataParallel.
 """
 
@@ -132,6 +133,8 @@ def run_job(job: Any) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("With --task SPEC (e.g. --task countdown4 --objective mgdm) the model is trained on a reasoning "
+                "task instead of text; see `lmlab train --task planning3 --help`.")
     p.add_argument("--config", type=Path, default=None, help="TOML file with objective / [model] / [train] / [data]")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. train.lr=1e-3")
