@@ -1,0 +1,86 @@
+"""The reproduction harness: gates as data, smoke vs full result files, generated INDEX and README sections."""
+
+import json
+
+import pytest
+
+from lmlab.cli import repro
+
+RUN = '''
+def run(cfg, smoke):
+    return {"score": cfg["score"], "size": 3}
+'''
+
+EXPECTED = '''
+claim = "a toy claim"
+[paper]
+score = 0.9
+[[gate]]
+metric = "score"
+op = ">="
+threshold = 0.5
+[[gate]]
+metric = "missing_metric"
+op = "<"
+threshold = 1.0
+[[smoke_gate]]
+metric = "size"
+op = "=="
+threshold = 3
+'''
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    folder = tmp_path / "repro" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "run.py").write_text(RUN)
+    (folder / "expected.toml").write_text(EXPECTED)
+    (folder / "config.toml").write_text("score = 0.7\n[smoke]\nscore = 0.1\n")
+    (folder / "README.md").write_text("# Toy\n\nHand-written text.\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_smoke_and_full_runs_write_their_own_files_and_check_their_own_gates(checkout):
+    smoke = repro.run_one(checkout, "toy", smoke=True)
+    assert [g["name"] for g in smoke["gates"]] == ["size"] and repro.passed(smoke)
+    assert smoke["metrics"]["score"] == 0.1  # the [smoke] table overrides the config
+    full = repro.run_one(checkout, "toy", smoke=False, overrides=["score=0.25"])
+    by_name = {g["name"]: g for g in full["gates"]}
+    assert not by_name["score"]["passed"] and by_name["score"]["value"] == 0.25
+    assert not by_name["missing_metric"]["passed"]  # a metric the run did not produce fails its gate
+    results = checkout / "repro" / "toy" / "results"
+    assert json.loads((results / "smoke.json").read_text())["smoke"] is True
+    assert json.loads((results / "latest.json").read_text())["command"] == "lmlab repro toy --set score=0.25"
+    with pytest.raises(ValueError, match="key must be one of"):
+        repro.run_one(checkout, "toy", smoke=False, overrides=["nope=1"])
+    with pytest.raises(ValueError, match="unknown reproduction 'other'"):
+        repro.run_one(checkout, "other", smoke=True)
+
+
+def test_index_and_readme_sections_are_regenerated_in_place(checkout):
+    folder = checkout / "repro" / "toy"
+    repro.write_index(checkout)
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("# Toy\n\nHand-written text.") and "**Full run:** not run yet." in readme
+    repro.run_one(checkout, "toy", smoke=False)
+    repro.write_index(checkout)
+    readme = (folder / "README.md").read_text()
+    assert readme.count(repro.BEGIN) == 1 and readme.count(repro.END) == 1
+    assert "**Full run:** FAIL" in readme and "| score | 0.7 | >= 0.5 | ok |" in readme
+    assert "| missing_metric | None | < 1 | FAIL |" in readme
+    (folder / "README.md").write_text(readme + "\nMore notes after the block.\n")
+    repro.write_index(checkout)
+    assert (folder / "README.md").read_text().endswith("More notes after the block.\n")
+    index = (checkout / "repro" / "INDEX.md").read_text()
+    assert "| toy | a toy claim |" in index and "score >= 0.5" in index
+
+
+def test_cli_exit_code_reflects_the_gates(checkout, capsys):
+    from lmlab.cli.main import main
+
+    assert main(["repro", "toy", "--smoke"]) == 0
+    assert main(["repro", "toy"]) == 1
+    assert "gates failed: toy" in capsys.readouterr().err
