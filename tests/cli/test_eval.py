@@ -52,7 +52,7 @@ def test_train_then_eval_round_trip(tmp_path, capsys, objective):
     assert 0.0 <= ev.accuracy(run["model"], run["task"], run["codec"], run["test"]) <= 1.0
     p = argparse.ArgumentParser()
     ev.add_arguments(p)
-    args = p.parse_args(["--checkpoint", str(tmp_path), "--n", "5", "--steps", "2"])
+    args = p.parse_args(["--checkpoint", str(tmp_path), "--n", "5", "--decode.steps", "2"])
     assert ev.run(args) == 0
     out = capsys.readouterr().out
     assert "planning" in out and "accuracy" in out
@@ -72,9 +72,13 @@ def test_lmlab_train_with_task_routes_here_then_eval_reads_the_run(tmp_path, cap
                  "--task-data.decode-steps", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "accuracy" in out and "steps: 3" in out
-    assert main(["eval", "--checkpoint", str(run_dir), "--n", "5", "--steps", "2"]) == 0
+    assert main(["eval", "--checkpoint", str(run_dir), "--n", "5", "--decode.steps", "2", "--decode.order", "random",
+                 "--task", "planning2", "--task", "planning2:branches=2"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[1].split()[:2] == ["planning2", "5"]
+    assert "masked decoding T=2 random linear remask=False" in table[0]
+    assert [row.split()[:2] for row in table[2:]] == [["planning2", "5"], ["planning2:branches=2", "5"]]
+    assert main(["eval", "--checkpoint", str(run_dir), "--decode.order", "sideways"]) == 2
+    assert "sideways" in capsys.readouterr().err
     assert main(["train", "--task", "chess", "--train.steps", "1"]) == 2
     assert "unknown task 'chess'" in capsys.readouterr().err
 

@@ -267,12 +267,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"task spec, repeatable (default: the training task); presets: {', '.join(TASKS)}")
     p.add_argument("--n", type=int, default=500, help="test examples per task")
     p.add_argument("--seed", type=int, default=1_000_003, help="test data seed")
-    p.add_argument("--steps", type=int, default=20, help="masked decoding steps T (bidirectional models)")
-    p.add_argument("--schedule", default="linear", help="masked decoding schedule: linear | cosine")
-    p.add_argument("--no-remask", action="store_true", help="freeze revealed tokens (MaskGIT-style)")
+    from lmlab.decoding.masked import Config as DecodeConfig
+
+    add_config_arguments(p, DecodeConfig, prefix="decode.")  # --decode.steps, --decode.order, --decode.remask ...
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmlab.core.config import apply_overrides
     from lmlab.core.runtime import set_threads
     from lmlab.decoding.masked import Config as DecodeConfig
 
@@ -280,7 +281,12 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     model, codec, trained_on = load_run(args.checkpoint)
-    decode = DecodeConfig(steps=args.steps, schedule=args.schedule, remask=not args.no_remask)
+    flags = [f"{k[len('cfg::decode.'):]}={v}" for k, v in vars(args).items()
+             if k.startswith("cfg::decode.") and v is not None]
+    decode = apply_overrides(DecodeConfig(), flags)
+    mode = "greedy (causal)" if model.cfg.mask == "causal" else (
+        f"masked decoding T={decode.steps} {decode.order} {decode.schedule} remask={decode.remask}")
+    print(f"{args.checkpoint}: {mode}")
     print(f"{'task':<28} {'n':>6} {'accuracy':>9}")
     for spec in args.task or [trained_on]:
         task = build_task(spec)

@@ -219,7 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
         help_ = row["help"] + (f" [default: {row['default']!r}]")
         if row["source"]:
             help_ += f" (source: {row['source']})"
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg::{name}", default=None, help=help_)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg::{name}", default=None, help=help_,
+                            metavar=row["name"].upper())
 
 
 def from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None,
