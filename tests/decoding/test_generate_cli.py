@@ -49,6 +49,9 @@ def test_generate_prints_text_and_stats(tmp_path, capsys):
     (["--decoder", "gsd", "--draft", "skip:0,1,2"], "removes all 3 layers"),
     (["--decoder", "chain", "--draft", "OTHER"], "another tokenizer"),
     (["--max-new-tokens", "500"], "exceeds the model's context of 160"),
+    (["--temperature", "0.5"], "--temperature only apply when sampling"),
+    (["--decoder", "gsd", "--draft", "skip:0", "--top-k", "3"], "--top-k only apply when sampling"),
+    (["--decoder", "greedy", "--sample"], "use --decoder sample"),
 ])
 def test_generate_errors_name_the_problem(tmp_path, capsys, extra, msg):
     write_run(tmp_path / "big")

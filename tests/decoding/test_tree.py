@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 import torch
-from conftest import Bigram, noisy_copy
+from conftest import Bigram, noisy_copy, tiny
+from test_verify import chi2_p
 
+from lmlab.core.sampling import probs
+from lmlab.decoding.base import Sampling
 from lmlab.decoding.drafts import DraftRunner, layer_skip
 from lmlab.decoding.graph import flatten, grow
 from lmlab.decoding.reference import Greedy
@@ -24,6 +30,27 @@ def test_greedy_output_is_token_identical(target, prompts):
             s = gen.stats
             assert s.accepted + s.rounds == 24 and s.proposed <= cfg.budget * s.rounds
             assert s.accepted <= cfg.depth * s.rounds
+
+
+def test_sampling_is_lossless_end_to_end():
+    """Two sampled tokens from tree SD (top-k children, residual renormalisation) follow the target's
+    temperature / top-k distribution: chi-square against the exact probabilities of all 16 outcomes."""
+    model = tiny(vocab=4, dim=16, layers=1, head_std=1.0)
+    s = Sampling(True, temperature=0.9, top_k=3)
+    dec = TreeSpeculative(Config(depth=2, budget=6, top_k=2, sibling_threshold=0.0, sampling=s),
+                          tiny(4, 16, 1, seed=7))
+    outcomes = list(itertools.product(range(4), repeat=2))
+    with torch.no_grad():
+        p = {a: probs(model(torch.tensor([[1, 2, a]]))[0], 0.9, 3).double() for a in range(4)}  # (3, V)
+    exact = np.array([float(p[a][1, a] * p[a][2, b]) for a, b in outcomes])
+    counts = np.zeros(len(outcomes))
+    accepted = 0
+    for seed in range(500):
+        gen = dec.generate(model, [1, 2], 3, seed=seed)
+        counts[outcomes.index(tuple(gen.tokens[:2]))] += 1
+        accepted += gen.stats.accepted
+    assert accepted > 0 and chi2_p(counts, exact / exact.sum()) > 1e-3
+    assert counts[exact == 0].sum() == 0  # nothing outside the target's top-k is ever emitted
 
 
 def shape_of(table: torch.Tensor, **kw):

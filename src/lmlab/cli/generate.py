@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", choices=sorted(DECODERS), default="greedy", help="decoding method")
     p.add_argument("--draft", default=None, help="draft checkpoint / model (same tokenizer) or skip:0,2,4")
     p.add_argument("--sample", action="store_true", help="speculative decoders: sample instead of greedy")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (> 0) [default: 1.0]")
     p.add_argument("--top-k", type=int, default=None, help="sampling: keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sampling: nucleus mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -102,7 +102,8 @@ def build_decoder(args: argparse.Namespace, draft: Any) -> Any:
             raise ValueError(f"decoder {args.decoder!r} has no config to --set")
         return cls()
     data = to_dict(cfg_cls())
-    knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    knobs = {"temperature": 1.0 if args.temperature is None else args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p}
     if "sampling" in data:
         data["sampling"] = {"sample": args.sample, **knobs}
     else:
@@ -123,6 +124,15 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.decoder in ("greedy", "sample") and args.draft:
         raise ValueError(f"--draft is only used by chain, tree and gsd, not by {args.decoder!r}")
+    if args.sample and args.decoder in ("greedy", "sample"):
+        raise ValueError(f"--sample switches chain, tree and gsd to sampling; with --decoder {args.decoder} "
+                         "use --decoder sample (or drop --sample)")
+    given = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p))
+             if v is not None]
+    sampling = args.decoder == "sample" or (args.sample and args.decoder != "greedy")
+    if given and not sampling:
+        raise ValueError(f"{', '.join(given)} only apply when sampling (--decoder sample, or --sample with "
+                         f"chain / tree / gsd); --decoder {args.decoder} is greedy")
     model, tok = load_checkpoint(args.checkpoint) if args.checkpoint else load_any(args.model)
     if tok is None:
         raise ValueError("the model has no tokenizer next to it; cannot encode --prompt")
