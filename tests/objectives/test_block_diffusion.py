@@ -3,6 +3,8 @@ dropout, the context choices, and the digits recipe end to end (train, save, loa
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,15 @@ from torch import nn
 from lmlab.core.train import TrainConfig
 from lmlab.models.acdit import ACDiT, NoiseSchedule
 from lmlab.models.acdit import Config as ModelConfig
-from lmlab.objectives.block_diffusion import BlockDiffusion, Config, TrainJob, generate, load_trained, train
+from lmlab.objectives.block_diffusion import (
+    BlockDiffusion,
+    Config,
+    TrainJob,
+    generate,
+    load_data,
+    load_trained,
+    train,
+)
 
 
 class Recorder(nn.Module):
@@ -91,3 +101,26 @@ def test_digits_recipe_trains_saves_loads_and_samples(tmp_path):
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "meta.json").write_text('{"kind": "something-else"}')
         load_trained(tmp_path / "other")
+
+
+def test_a_folder_of_pngs_trains_end_to_end_and_mismatches_are_named(tmp_path):
+    import numpy as np
+
+    from lmlab.tasks import digits
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "eel"):
+        for i in range(4):
+            digits.write_png(tmp_path / "imgs" / cls / f"{i}.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    folder = digits.Config(source=str(tmp_path / "imgs"), holdout_fraction=0.25)
+    job = TrainJob(batch_size=4, data=folder, eval_samples=0,
+                   model=ModelConfig(image_size=12, patch_size=2, block_size=9, dim=16, n_layers=1, n_heads=2,
+                                     num_classes=3),
+                   train=TrainConfig(steps=3, warmup_steps=1, progress=False))
+    model, metrics = train(job)
+    assert metrics["steps"] == 3 and model.cfg.seq_len == 36
+    assert generate(model, torch.tensor([0, 2]), dataclasses.replace(job, sample_steps=2)).shape == (2, 1, 12, 12)
+    with pytest.raises(ValueError, match=r"data images are \(1, 12, 12\).*expects \(1, 8, 8\)"):
+        load_data(dataclasses.replace(job, model=ModelConfig(block_size=4)))
+    with pytest.raises(ValueError, match="data has 3 classes but model.num_classes = 2"):
+        load_data(dataclasses.replace(job, model=dataclasses.replace(job.model, num_classes=2)))
