@@ -55,3 +55,22 @@ def test_errors(tmp_path):
         call(str(bad))
     with pytest.raises(ValueError, match="--delta"):
         call("--law", "batch_compute", str(bad), "--delta", "big")
+
+
+@pytest.mark.parametrize("law, x, y, k, e", [("batch_data", "tokens", "batch", 0.05, 0.47),
+                                             ("lr_batch", "batch", "lr", 3e-4, 0.35)])
+def test_power_laws_are_recovered_from_a_csv_and_plotted(tmp_path, capsys, law, x, y, k, e):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    xs = np.geomspace(1e6, 1e10, 12) if x == "tokens" else np.geomspace(16, 4096, 12)
+    ys = k * xs ** e * np.exp(rng.normal(0, 0.03, len(xs)))  # 3% multiplicative noise
+    csv = tmp_path / "points.csv"
+    csv.write_text(f"{x},{y}\n" + "".join(f"{a},{b}\n" for a, b in zip(xs, ys)))
+    out, png = tmp_path / "fit.json", tmp_path / "fit.png"
+    assert call("--law", law, str(csv), "--n-boot", "50", "--out", str(out), "--plot", str(png)) == 0
+    rec = json.loads(out.read_text())
+    assert rec["params"]["e"] == pytest.approx(e, abs=0.02) and rec["r2"] > 0.98
+    lo, hi = rec["ci"]["e"]
+    assert lo <= rec["params"]["e"] <= hi
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
