@@ -10,6 +10,7 @@ loss drops, decode validity (givens untouched, no <mask> left, well-formed answe
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import torch
@@ -66,6 +67,8 @@ def run(cfg: dict, smoke: bool) -> dict:
             metrics[f"{name}_loss_ratio"] = (sum(losses[-k:]) / k) / (sum(losses[:k]) / k)
             metrics.update({f"{name}_{m}": v for m, v in decode_checks(run_, decode).items()})
             metrics[f"{name}_cpu_s"] = time.process_time() - c0
+            print(f"{name}: accuracy {metrics[f'{name}_acc']:.3f} ({metrics[f'{name}_cpu_s']:.0f} CPU s)",
+                  file=sys.stderr, flush=True)
             metrics["cpu_seconds"] += metrics[f"{name}_cpu_s"]
             metrics["params"] = run_["params"]
             metrics[f"{key}_test_examples"] = len(run_["test"])
