@@ -8,6 +8,7 @@ samples); (3) SmolLM2-135M (dequantized Q4_1) with a small sub-vocabulary draft,
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def toy_pair(cfg: dict) -> tuple[Transformer, Transformer]:
 
 def run(cfg: dict, smoke: bool) -> dict:
     torch.set_num_threads(cfg["threads"])
+    cpu0 = time.process_time()
     out: dict = {}
     pair = load_or_train_pair(cfg)
     target, draft = pair["target"], pair["draft"]
@@ -72,4 +74,5 @@ def run(cfg: dict, smoke: bool) -> dict:
                                        leaf_threshold=cfg["leaf_threshold"], merge_context=cfg["merge_context"]),
                                 sm["skip_draft"])
         out |= compare(sm["target"], {"gsd": skip}, prompts[: cfg["smol_skip_prompts"]], new, "smolskip")
+    out["process_cpu_seconds"] = time.process_time() - cpu0  # wall-clock is in the record's "seconds"
     return out
