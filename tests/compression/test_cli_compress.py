@@ -65,3 +65,32 @@ def test_compress_bad_input(checkpoint, tmp_path):
                             "--out", str(tmp_path / "x")]))
     with pytest.raises(KeyError, match="unknown compression method"):
         compress.run(parse(["--method", "gptq9", "--model", str(checkpoint), "--out", str(tmp_path / "x")]))
+
+
+def test_compress_a_hugging_face_llama_folder(tmp_path, capsys):
+    """--model pointing at a Hugging Face folder (config.json + safetensors + tokenizer): a random tiny
+    LlamaForCausalLM with a byte-level tokenizer, quantized through the Llama mapping table and reloaded."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    folder = tmp_path / "llama"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(folder)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    out = tmp_path / "q"
+    args = parse(["--method", "rtn", "--bits", "w4a8", "--model", str(folder), "--calib", str(TEXT),
+                  "--out", str(out), "--nsamples", "4", "--seq-len", "32", "--eval", "2", "--eval-len", "32"])
+    assert compress.run(args) == 0
+    assert "perplexity after" in capsys.readouterr().out
+    model, meta = load_quantized(out)
+    assert meta["report"]["settings"]["bits"] == "w4a8"
+    ids = torch.randint(0, 256, (1, 12))
+    logits = model(ids)
+    logits = getattr(logits, "logits", logits)
+    assert logits.shape == (1, 12, 256) and torch.isfinite(logits).all()
