@@ -262,13 +262,13 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any, str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lmlab.decoding.masked import Config as DecodeConfig
+
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by lmlab train --task")
     p.add_argument("--task", action="append", default=[],
                    help=f"task spec, repeatable (default: the training task); presets: {', '.join(TASKS)}")
     p.add_argument("--n", type=int, default=500, help="test examples per task")
     p.add_argument("--seed", type=int, default=1_000_003, help="test data seed")
-    from lmlab.decoding.masked import Config as DecodeConfig
-
     add_config_arguments(p, DecodeConfig, prefix="decode.")  # --decode.steps, --decode.order, --decode.remask ...
 
 
