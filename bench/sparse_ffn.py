@@ -63,10 +63,12 @@ def smollm2_case(tokens: int) -> tuple[list[A.SparseGatedFFN], torch.Tensor, str
     return ffns, torch.stack(inputs), "repro/sparsing_law/results/latest.json (PPL-1% thresholds)"
 
 
-def synthetic_case(tokens: int, ratio: float) -> tuple[list[A.SparseGatedFFN], torch.Tensor, str]:
+def synthetic_case(tokens: int, ratio: float | None) -> tuple[list[A.SparseGatedFFN], torch.Tensor, str]:
     from lmlab.core.blocks import ReGLU
     from lmlab.core.transformer import TransformerConfig
 
+    source = "relu_final_activation_ratio of repro/sparsing_law/results/latest.json" if ratio else "assumed 0.25"
+    ratio = ratio or 0.25
     torch.manual_seed(0)
     cfg = TransformerConfig(dim=DIM, ffn_dim=FFN, n_heads=9)
     ffns = [A.SparseGatedFFN(ReGLU(cfg)) for _ in range(LAYERS)]
@@ -76,7 +78,7 @@ def synthetic_case(tokens: int, ratio: float) -> tuple[list[A.SparseGatedFFN], t
             h = f.act(f.gate_proj(xi)) * f.up_proj(xi)  # (tokens, F)
             r = (h.abs() * f.down_proj.weight.norm(dim=0)).flatten()
             f.set_threshold(float(r.quantile(1 - ratio)))  # keep the top `ratio` share of r
-    return ffns, x, "assumed"
+    return ffns, x, source
 
 
 @torch.no_grad()
@@ -98,7 +100,7 @@ def run(quick: bool = False) -> dict:
     m = measured()
     relu_ratio = m.get("relu_final_activation_ratio")
     cases_in = [("smollm2-silu", smollm2_case(tokens)),
-                ("synthetic-relu", synthetic_case(tokens, relu_ratio if relu_ratio else 0.25))]
+                ("synthetic-relu", synthetic_case(tokens, relu_ratio))]
     old = torch.get_num_threads()
     cases = []
     try:
@@ -109,11 +111,12 @@ def run(quick: bool = False) -> dict:
                     continue
                 ffns, x, source = case
                 steps_per_s(ffns, x[:, :2], True), steps_per_s(ffns, x[:, :2], False)  # warm-up
-                a_runs, b_runs = [], []
+                a_runs, b_runs, ratios = [], [], []
                 for _ in range(rounds):
                     a_runs.append(steps_per_s(ffns, x, True))
-                    b_runs.append(steps_per_s(ffns, x, False))
-                ratio = statistics.mean(f.activation_ratio for f in ffns)
+                    ratios.append(statistics.mean(f.activation_ratio for f in ffns))  # of the sparse run
+                    b_runs.append(steps_per_s(ffns, x, False))  # (resets the stats; the dense run keeps none)
+                ratio = statistics.mean(ratios)
                 cases.append({"label": f"{label} threads={threads}", "threads": threads,
                               "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
                               "a_runs": a_runs, "b_runs": b_runs, "activation_ratio": ratio,

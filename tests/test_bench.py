@@ -28,5 +28,7 @@ def test_quick_run_gives_a_record_with_ratios(name):
     for c in rec["cases"]:
         assert c["a_value"] > 0 and c["b_value"] > 0 and math.isfinite(c["a_value"] + c["b_value"])
         assert c["ratio"] == pytest.approx(c["a_value"] / c["b_value"])
+        if "activation_ratio" in c:  # sparse_ffn: measured on the sparse runs
+            assert 0.0 < c["activation_ratio"] <= 1.0
     assert rec["ratio"] == rec["cases"][0]["ratio"]
     assert {c.get("threads") for c in rec["cases"]} >= {1, 2}  # bench/README: 1- and 2-thread cases
