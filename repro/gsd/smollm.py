@@ -7,7 +7,8 @@ Transformer over the 4,095 token ids most frequent in corpus_en (``drafts.SubVoc
 corpus_en text tokenized with SmolLM2's tokenizer (next-token loss), then, with ``smol_distill_tokens > 0``,
 fine-tuned on SmolLM2's own greedy choices: on corpus_en windows, the label of every position is the target's
 argmax next token (hard token-level distillation, as in DistillSpec's on-data variant), which is what
-speculative acceptance rewards. Both stages are cached under ``cache_dir("gsd", "smol-draft-<hash>")``.
+speculative acceptance rewards. The stages are cached under ``cache_dir("gsd", "smol-draft-<hash>")`` and
+``cache_dir("gsd", "smol-distilled-<hash>")``.
 """
 
 from __future__ import annotations
