@@ -27,7 +27,7 @@ from lmlab.core.sampling import probs, sample
 
 from .base import Generation, Proposals, Sampling
 from .drafts import DraftRunner
-from .loop import check_draft, check_positive, speculative_generate
+from .loop import DraftDecoder, check_draft, check_positive, speculative_generate
 
 
 @dataclass
@@ -85,13 +85,10 @@ class ChainProposer:
         self.runner.commit(self.slots[: len(path)])
 
 
-class ChainSpeculative:
+class ChainSpeculative(DraftDecoder):
     """Speculative decoding with one draft chain per round."""
 
-    def __init__(self, cfg: Config | None = None, draft: Any = None):
-        if draft is None:
-            raise ValueError(f"{type(self).__name__} needs a draft model (a small model or a layer skip)")
-        self.cfg, self.draft = cfg or Config(), draft
+    config_class = Config
 
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:

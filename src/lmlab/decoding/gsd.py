@@ -39,34 +39,23 @@ import torch
 
 from lmlab.core.config import param
 
-from .base import Generation, Sampling
+from .base import Generation
 from .graph import DraftGraph, GraphProposer
-from .loop import check_draft, check_positive, speculative_generate
+from .loop import DraftDecoder, check_draft, speculative_generate
+from .tree import Config as TreeConfig
 
 
 @dataclass
-class Config:
-    depth: int = param(8, "maximum draft depth (draft steps per round)", source=None)
+class Config(TreeConfig):
+    """The token-tree shape (``tree.Config``) plus the merge rule."""
+
     budget: int = param(32, "maximum draft nodes per round: drafted, and scored by the target once unrolled",
                         source="official code max_token=100 on GPU; 16-32 suits a CPU")
-    top_k: int = param(4, "candidate tokens per draft node", source="official code tree_decoding=4")
-    sibling_threshold: float = param(0.2, "keep a candidate only if q >= beta * q_max among its siblings",
-                                     source="official code sibling_threshold (swept 0.1-0.4)")
-    leaf_threshold: float = param(0.4, "a candidate with q < gamma starts a low-confidence (leaf) path",
-                                  source="official code prob_threshold 0.3/0.4")
-    width: int = param(0, "keep only the most probable candidates of each draft step (0 = all)",
-                       source="official code: all")
     merge_context: int = param(1, "m: tokens before a candidate that must match for a merge (0 = token only, "
                                "-1 = no merging)", source="official code repeat_threshold")
-    sampling: Sampling = param(Sampling(), "greedy (default) or sampling settings of the target")
 
     def __post_init__(self) -> None:
-        check_positive("gsd Config", depth=self.depth, budget=self.budget, top_k=self.top_k)
-        if self.width < 0:
-            raise ValueError(f"gsd Config.width must be >= 0 (0 = no limit), got {self.width}")
-        for name in ("sibling_threshold", "leaf_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"gsd Config.{name} must be in [0, 1], got {getattr(self, name)}")
+        super().__post_init__()
         if self.merge_context < -1:
             raise ValueError(f"gsd Config.merge_context must be >= -1 (-1 = off), got {self.merge_context}")
 
@@ -88,13 +77,10 @@ class ContextMergeIndex:
         self.table.setdefault(key, node)
 
 
-class GraphSpeculative:
+class GraphSpeculative(DraftDecoder):
     """Graph-structured speculative decoding: a merged draft graph per round, verified as unrolled tree."""
 
-    def __init__(self, cfg: Config | None = None, draft: Any = None):
-        if draft is None:
-            raise ValueError(f"{type(self).__name__} needs a draft model (a small model or a layer skip)")
-        self.cfg, self.draft = cfg or Config(), draft
+    config_class = Config
 
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:

@@ -75,6 +75,17 @@ def check_draft(target: Any, draft: Any) -> None:
                          "target's tokenizer")
 
 
+class DraftDecoder:
+    """Base of the draft-model decoders (chain, tree, GSD): a config (``config_class()`` when None) and a draft."""
+
+    config_class: type
+
+    def __init__(self, cfg: Any = None, draft: Any = None):
+        if draft is None:
+            raise ValueError(f"{type(self).__name__} needs a draft model (a small model or a layer skip)")
+        self.cfg, self.draft = cfg or self.config_class(), draft
+
+
 def check_positive(owner: str, **values: int) -> None:
     for name, v in values.items():
         if v < 1:

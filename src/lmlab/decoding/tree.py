@@ -30,7 +30,7 @@ from lmlab.core.config import param
 
 from .base import Generation, Sampling
 from .graph import GraphProposer
-from .loop import check_draft, check_positive, speculative_generate
+from .loop import DraftDecoder, check_draft, check_positive, speculative_generate
 
 
 @dataclass
@@ -48,21 +48,19 @@ class Config:
     sampling: Sampling = param(Sampling(), "greedy (default) or sampling settings of the target")
 
     def __post_init__(self) -> None:
-        check_positive("tree Config", depth=self.depth, budget=self.budget, top_k=self.top_k)
+        who = f"{type(self).__module__.rsplit('.', 1)[-1]} Config"  # "tree Config" / "gsd Config"
+        check_positive(who, depth=self.depth, budget=self.budget, top_k=self.top_k)
         if self.width < 0:
-            raise ValueError(f"tree Config.width must be >= 0 (0 = no limit), got {self.width}")
+            raise ValueError(f"{who}.width must be >= 0 (0 = no limit), got {self.width}")
         for name in ("sibling_threshold", "leaf_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"tree Config.{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ValueError(f"{who}.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-class TreeSpeculative:
+class TreeSpeculative(DraftDecoder):
     """Speculative decoding with a draft token tree per round."""
 
-    def __init__(self, cfg: Config | None = None, draft: Any = None):
-        if draft is None:
-            raise ValueError(f"{type(self).__name__} needs a draft model (a small model or a layer skip)")
-        self.cfg, self.draft = cfg or Config(), draft
+    config_class = Config
 
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:
