@@ -18,16 +18,13 @@ from pathlib import Path
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from lmlab.core.config import add_arguments
+    from lmlab.core.config import add_job_arguments
     from lmlab.objectives.block_diffusion import TrainJob
 
     p.add_argument("--model", choices=["acdit"], default="acdit", help="the ACDiT model family")
-    p.add_argument("--config", type=Path, default=None, help="TOML file mirroring the job")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. model.dim=128")
     p.add_argument("--block-size", type=int, default=None, help="tokens per block B (= --model.block-size)")
     p.add_argument("--run-dir", default="runs/acdit", help="output folder (= --train.run-dir)")
-    add_arguments(p, TrainJob)
+    add_job_arguments(p, TrainJob, "TOML file mirroring the job", set_example="model.dim=128")
 
 
 def build_job(args: argparse.Namespace):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.config import add_arguments as add_config_arguments
-from lmlab.core.config import param
+from lmlab.core.config import add_job_arguments, job_from_args, param
 
 TASKS = {  # preset: (task registry name, config overrides); difficulty grows along each family
     "planning": ("planning", {}),
@@ -207,17 +207,11 @@ def task_job_class() -> type:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """``lmlab train --task ...`` (routed here by cli/main.py ROUTES)."""
-    p.add_argument("--config", type=Path, default=None, help="TOML file with task / objective / [model] / [train]")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. train.lr=1e-3")
-    add_config_arguments(p, task_job_class())
+    add_job_arguments(p, task_job_class(), "TOML file with task / objective / [model] / [train]")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lmlab.core.config import from_args, load_toml
-
-    base = load_toml(args.config) if args.config else {}
-    job = from_args(task_job_class(), args, base, args.overrides)
+    job = job_from_args(task_job_class(), args)
     out = run_task_job(job)
     for k, v in out.items():
         print(f"{k:>14}: {v:.4f}" if isinstance(v, float) else f"{k:>14}: {v}")

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.config import add_arguments as add_config_arguments
-from lmlab.core.config import from_args, load_toml, param, to_dict
+from lmlab.core.config import add_job_arguments, job_from_args, param, to_dict
 
 
 @dataclass
@@ -135,15 +134,11 @@ def run_job(job: Any) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("With --task SPEC (e.g. --task countdown4 --objective mgdm) the model is trained on a reasoning "
                 "task instead of text; see `lmlab train --task planning3 --help`.")
-    p.add_argument("--config", type=Path, default=None, help="TOML file with objective / [model] / [train] / [data]")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. train.lr=1e-3")
-    add_config_arguments(p, job_class())
+    add_job_arguments(p, job_class(), "TOML file with objective / [model] / [train] / [data]")
 
 
 def run(args: argparse.Namespace) -> int:
-    base = load_toml(args.config) if args.config else {}
-    job = from_args(job_class(), args, base, args.overrides)
+    job = job_from_args(job_class(), args)
     out = run_job(job)
     for k, v in out.items():
         print(f"{k:>22}: {v:.4f}" if isinstance(v, float) else f"{k:>22}: {v}")

@@ -230,5 +230,19 @@ def from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | Non
     return from_dict(cls, merge_overrides(cls, base or {}, flags + list(overrides or [])))
 
 
+def add_job_arguments(parser: argparse.ArgumentParser, cls: type, config_help: str,
+                      set_example: str = "train.lr=1e-3") -> None:
+    """The flags every job verb shares: ``--config`` (TOML), ``--set KEY=VALUE`` and one flag per field."""
+    parser.add_argument("--config", type=Path, default=None, help=config_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"dotted override, e.g. {set_example}")
+    add_arguments(parser, cls)
+
+
+def job_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The job parsed by :func:`add_job_arguments`: defaults < --config < --flags < --set."""
+    return from_args(cls, args, load_toml(args.config) if args.config else {}, args.overrides)
+
+
 def dumps_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
