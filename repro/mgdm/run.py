@@ -10,8 +10,10 @@ loss drops, decode validity (givens untouched, no <mask> left, well-formed answe
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -38,48 +40,65 @@ def decode_checks(run: dict, decode: DecodeConfig) -> dict:
     return out
 
 
-def run(cfg: dict, smoke: bool) -> dict:
+def task_key(task: str) -> str:
+    """Metric prefix of a task spec: ``sudoku6:blanks=22`` -> ``sudoku6_blanks22``."""
+    return task.replace(":", "_").replace("=", "").replace(",", "_")
+
+
+def run_arm(cfg: dict, task: str, arm: str) -> dict:
+    """Train one arm on one task and score it; metrics are prefixed ``<task key>_<arm>_``."""
     torch.set_num_threads(cfg["threads"])
     data = TaskDataConfig(n_train=cfg["n_train"], n_test=cfg["n_test"], batch_size=cfg["batch_size"],
                           seed=cfg["seed"], decode_steps=cfg["decode_steps"])
     decode = DecodeConfig(steps=cfg["decode_steps"])
-    metrics: dict = {"cpu_seconds": 0.0}
+    key = task_key(task)
+    name = f"{key}_{SHORT.get(arm, arm)}"
+    model = TransformerConfig(dim=cfg["dim"], n_layers=cfg["layers"], n_heads=cfg["heads"])
+    train = TrainConfig(steps=cfg["steps"], lr=cfg["lr"], warmup_steps=cfg["warmup"], progress=False,
+                        eval_batches=4, seed=cfg["seed"])
+    c0 = time.process_time()
+    run_ = train_on_task(arm, task, model, train, data, seed=cfg["seed"])
+    model_, task_, codec, test = run_["model"], run_["task"], run_["codec"], run_["test"]
+    metrics = {f"{name}_acc": accuracy(model_, task_, codec, test, decode)}
+    if model_.cfg.mask == "bidirectional":  # the official re-masking sampler, and the 1-step variant
+        metrics[f"{name}_remask_acc"] = accuracy(model_, task_, codec, test, dataclasses.replace(decode, remask=True))
+        metrics[f"{name}_1step_acc"] = accuracy(model_, task_, codec, test, dataclasses.replace(decode, steps=1))
+    losses = [h["loss"] for h in run_["history"]]
+    k = max(1, min(50, len(losses) // 5))
+    metrics[f"{name}_loss_ratio"] = (sum(losses[-k:]) / k) / (sum(losses[:k]) / k)
+    metrics.update({f"{name}_{m}": v for m, v in decode_checks(run_, decode).items()})
+    metrics[f"{name}_cpu_s"] = time.process_time() - c0
+    metrics["params"] = run_["params"]
+    metrics[f"{key}_test_examples"] = len(test)
+    print(f"{name}: accuracy {metrics[f'{name}_acc']:.3f} ({metrics[f'{name}_cpu_s']:.0f} CPU s)",
+          file=sys.stderr, flush=True)
+    return metrics
+
+
+def run(cfg: dict, smoke: bool) -> dict:
     tasks = [cfg["gate1_task"]] + list(cfg["hard_tasks"])
+    jobs = [(t, a) for t in tasks for a in (cfg["arms"] if t == cfg["gate1_task"] else cfg["hard_arms"])]
+    workers = cfg.get("workers", 1)
+    if workers > 1:  # arms are independent: one process each (fork keeps this module; 1 torch thread each)
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            parts = list(pool.map(run_arm, [cfg] * len(jobs), *zip(*jobs)))
+    else:
+        parts = [run_arm(cfg, t, a) for t, a in jobs]
+    metrics: dict = {}
+    for part in parts:
+        metrics.update(part)
+    metrics["cpu_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_cpu_s"))
     for task in tasks:
-        key = task.replace(":", "_").replace("=", "").replace(",", "_")
+        key = task_key(task)
         arms = cfg["arms"] if task == cfg["gate1_task"] else cfg["hard_arms"]
-        for arm in arms:
-            name = f"{key}_{SHORT.get(arm, arm)}"
-            model = TransformerConfig(dim=cfg["dim"], n_layers=cfg["layers"], n_heads=cfg["heads"])
-            train = TrainConfig(steps=cfg["steps"], lr=cfg["lr"], warmup_steps=cfg["warmup"], progress=False,
-                                eval_batches=4, seed=cfg["seed"])
-            c0 = time.process_time()
-            run_ = train_on_task(arm, task, model, train, data, seed=cfg["seed"])
-            model_, task_, codec, test = run_["model"], run_["task"], run_["codec"], run_["test"]
-            metrics[f"{name}_acc"] = accuracy(model_, task_, codec, test, decode)
-            if model_.cfg.mask == "bidirectional":  # the official re-masking sampler, and the 1-step variant
-                remask = dataclasses.replace(decode, remask=True)
-                metrics[f"{name}_remask_acc"] = accuracy(model_, task_, codec, test, remask)
-                one = dataclasses.replace(decode, steps=1)
-                metrics[f"{name}_1step_acc"] = accuracy(model_, task_, codec, test, one)
-            losses = [h["loss"] for h in run_["history"]]
-            k = max(1, min(50, len(losses) // 5))
-            metrics[f"{name}_loss_ratio"] = (sum(losses[-k:]) / k) / (sum(losses[:k]) / k)
-            metrics.update({f"{name}_{m}": v for m, v in decode_checks(run_, decode).items()})
-            metrics[f"{name}_cpu_s"] = time.process_time() - c0
-            print(f"{name}: accuracy {metrics[f'{name}_acc']:.3f} ({metrics[f'{name}_cpu_s']:.0f} CPU s)",
-                  file=sys.stderr, flush=True)
-            metrics["cpu_seconds"] += metrics[f"{name}_cpu_s"]
-            metrics["params"] = run_["params"]
-            metrics[f"{key}_test_examples"] = len(run_["test"])
         acc = {SHORT.get(a, a): metrics[f"{key}_{SHORT.get(a, a)}_acc"] for a in arms}
         if "mgdm" in acc and "ar" in acc:
             metrics[f"{key}_mgdm_minus_ar"] = acc["mgdm"] - acc["ar"]
         if "mgdm" in acc and "mdm" in acc:
             metrics[f"{key}_mgdm_minus_mdm"] = acc["mgdm"] - acc["mdm"]
-    gaps = {t: metrics.get(f"{t.replace(':', '_').replace('=', '').replace(',', '_')}_mgdm_minus_ar")
-            for t in cfg["hard_tasks"]}
-    gaps = {t: g for t, g in gaps.items() if g is not None}
+    gaps = {t: metrics[f"{task_key(t)}_mgdm_minus_ar"] for t in cfg["hard_tasks"]
+            if f"{task_key(t)}_mgdm_minus_ar" in metrics}
     if gaps:
         best = max(gaps, key=gaps.get)
         metrics["hard_best_task"], metrics["hard_best_mgdm_minus_ar"] = best, gaps[best]

@@ -84,3 +84,26 @@ def test_cli_exit_code_reflects_the_gates(checkout, capsys):
     assert main(["repro", "toy", "--smoke"]) == 0
     assert main(["repro", "toy"]) == 1
     assert "gates failed: toy" in capsys.readouterr().err
+
+
+POOL_RUN = '''
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+
+def square(x):
+    return x * x, os.getpid()
+
+
+def run(cfg, smoke):
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        out = list(pool.map(square, [1, 2, 3]))
+    return {"total": sum(v for v, _ in out), "worker_pids": len({p for _, p in out} - {os.getpid()})}
+'''
+
+
+def test_a_run_script_can_hand_its_own_functions_to_worker_processes(checkout):
+    (checkout / "repro" / "toy" / "run.py").write_text(POOL_RUN)
+    rec = repro.run_one(checkout, "toy", smoke=True)
+    assert rec["metrics"]["total"] == 14 and rec["metrics"]["worker_pids"] >= 1

@@ -65,6 +65,7 @@ def run_one(root: Path, slug: str, smoke: bool, overrides: list[str] | None = No
     expected, cfg = load_spec(folder, smoke, overrides or [])
     spec = importlib.util.spec_from_file_location(f"lmlab_repro_{slug}", folder / "run.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that a run.py can hand its own functions to worker processes
     spec.loader.exec_module(module)  # the reproduction's own script from this checkout
     t0 = time.perf_counter()
     metrics = module.run(cfg, smoke)
