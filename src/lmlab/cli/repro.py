@@ -6,7 +6,9 @@ A reproduction is a folder ``repro/<slug>/``:
 - ``expected.toml``: ``claim``, ``[paper]`` numbers, ``[[gate]]`` (full run) and ``[[smoke_gate]]`` tables,
   each ``{metric, op, threshold}``: the pass criterion as data;
 - ``config.toml``: the knobs; a ``[smoke]`` table overrides them for ``--smoke`` (< 60 s);
-- ``run.py``: ``run(cfg: dict, smoke: bool) -> dict`` of measured metrics, calling library code only.
+- ``run.py``: ``run(cfg: dict, smoke: bool) -> dict`` of measured metrics, calling library code only. It is
+  loaded as module ``lmlab_repro_<slug>`` (registered in ``sys.modules``), so it may hand its own functions
+  to worker processes (``repro/mgdm`` trains its arms two at a time).
 
 Full runs write ``results/latest.json`` plus a dated copy; smoke runs write ``results/smoke.json``. After each
 run ``repro/INDEX.md`` and the "Last measured result" section of every README are regenerated from the result
