@@ -5,6 +5,7 @@ trained with ``lmlab.cli.eval.train_on_task`` and scored by the task's exact ver
 greedy; diffusion: ``masked_decode`` easy-first top-k, T = decode_steps). Metrics are
 ``<task>_<arm>_acc``, ``<task>_mgdm_minus_ar``, ``<task>_mgdm_minus_mdm``, the best gap over the hard tasks,
 loss drops, decode validity (givens untouched, no <mask> left, well-formed answers) and CPU seconds.
+Arms are independent; with ``workers > 1`` they are trained in forked processes, one torch thread each.
 """
 
 from __future__ import annotations
