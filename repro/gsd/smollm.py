@@ -98,15 +98,15 @@ def distill(draft: SubVocabDraft, target: Any, train_ids: np.ndarray, cfg: dict[
     ids = torch.as_tensor(np.stack([train_ids[s:s + T] for s in starts]))  # (n, T) target ids
     with torch.no_grad():
         labels = torch.cat([target(ids[i:i + 8]).argmax(-1) for i in range(0, n, 8)])  # (n, T)
-    data = ExampleBatches({"ids": draft.to_sub[ids], "labels": draft.to_sub[labels]}, cfg["batch_size"],
-                          seed=cfg["seed"])
+    sub_labels = draft.to_sub[labels]  # (n, T) draft ids; len(draft.ids) = "not in the sub-vocabulary"
+    data = ExampleBatches({"ids": draft.to_sub[ids], "labels": sub_labels}, cfg["batch_size"], seed=cfg["seed"])
     steps = cfg["smol_distill_steps"]
     tcfg = TrainConfig(steps=steps, lr=cfg["smol_distill_lr"], warmup_steps=max(1, steps // 20),
                        log_every=max(1, steps // 10), progress=False, seed=cfg["seed"])
     draft.model.train()
     history = Trainer(draft.model, ArgmaxDistill(), data, tcfg).fit()
     draft.model.eval()
-    covered = float((draft.to_sub[labels] < len(draft.ids)).float().mean())  # labels the draft can emit
+    covered = float((sub_labels < len(draft.ids)).float().mean())  # labels the draft can emit
     return {"distill_first_loss": history[0]["loss"], "distill_final_loss": history[-1]["loss"],
             "distill_tokens": int(ids.numel()), "distill_label_coverage": covered}
 

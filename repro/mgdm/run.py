@@ -77,8 +77,10 @@ def run_arm(cfg: dict, task: str, arm: str) -> dict:
 
 
 def run(cfg: dict, smoke: bool) -> dict:
-    tasks = [cfg["gate1_task"]] + list(cfg["hard_tasks"])
-    jobs = [(t, a) for t in tasks for a in (cfg["arms"] if t == cfg["gate1_task"] else cfg["hard_arms"])]
+    arms_of = {cfg["gate1_task"]: cfg["arms"]}  # task -> arms, in run order; the gate-1 task keeps its arms
+    for t in cfg["hard_tasks"]:
+        arms_of.setdefault(t, cfg["hard_arms"])
+    jobs = [(t, a) for t, arms in arms_of.items() for a in arms]
     workers = cfg.get("workers", 1)
     if workers > 1:  # arms are independent: one process each (fork keeps this module; 1 torch thread each)
         ctx = multiprocessing.get_context("fork")
@@ -90,9 +92,8 @@ def run(cfg: dict, smoke: bool) -> dict:
     for part in parts:
         metrics.update(part)
     metrics["cpu_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_cpu_s"))
-    for task in tasks:
+    for task, arms in arms_of.items():
         key = task_key(task)
-        arms = cfg["arms"] if task == cfg["gate1_task"] else cfg["hard_arms"]
         acc = {SHORT.get(a, a): metrics[f"{key}_{SHORT.get(a, a)}_acc"] for a in arms}
         if "mgdm" in acc and "ar" in acc:
             metrics[f"{key}_mgdm_minus_ar"] = acc["mgdm"] - acc["ar"]
