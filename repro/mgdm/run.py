@@ -5,7 +5,10 @@ trained with ``lmlab.cli.eval.train_on_task`` and scored by the task's exact ver
 greedy; diffusion: ``masked_decode`` easy-first top-k, T = decode_steps). Metrics are
 ``<task>_<arm>_acc``, ``<task>_mgdm_minus_ar``, ``<task>_mgdm_minus_mdm``, the best gap over the hard tasks,
 loss drops, decode validity (givens untouched, no <mask> left, well-formed answers) and CPU seconds.
-Arms are independent; with ``workers > 1`` they are trained in forked processes, one torch thread each.
+With several ``seeds`` (each: other training data, test prompts, initialisation and batches) every arm is run once
+per seed; the per-seed metrics get a ``_s<seed>`` suffix, the unsuffixed ones are means over seeds (gaps are taken
+within a seed, then averaged; ``<task>_mgdm_minus_ar_min`` is the worst seed's gap). Arms are independent; with
+``workers > 1`` they are trained in forked processes, one torch thread each.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from statistics import mean
 
 import torch
 
@@ -46,19 +50,19 @@ def task_key(task: str) -> str:
     return task.replace(":", "_").replace("=", "").replace(",", "_")
 
 
-def run_arm(cfg: dict, task: str, arm: str) -> dict:
-    """Train one arm on one task and score it; metrics are prefixed ``<task key>_<arm>_``."""
+def run_arm(cfg: dict, task: str, arm: str, seed: int) -> dict:
+    """Train one arm on one task with one seed and score it; metrics are prefixed ``<task key>_<arm>_``."""
     torch.set_num_threads(cfg["threads"])
     data = TaskDataConfig(n_train=cfg["n_train"], n_test=cfg["n_test"], batch_size=cfg["batch_size"],
-                          seed=cfg["seed"], decode_steps=cfg["decode_steps"])
+                          seed=seed, decode_steps=cfg["decode_steps"])
     decode = DecodeConfig(steps=cfg["decode_steps"])
     key = task_key(task)
     name = f"{key}_{SHORT.get(arm, arm)}"
     model = TransformerConfig(dim=cfg["dim"], n_layers=cfg["layers"], n_heads=cfg["heads"])
     train = TrainConfig(steps=cfg["steps"], lr=cfg["lr"], warmup_steps=cfg["warmup"], progress=False,
-                        eval_batches=4, seed=cfg["seed"])
+                        eval_batches=4, seed=seed)
     c0 = time.process_time()
-    run_ = train_on_task(arm, task, model, train, data, seed=cfg["seed"])
+    run_ = train_on_task(arm, task, model, train, data, seed=seed)
     model_, task_, codec, test = run_["model"], run_["task"], run_["codec"], run_["test"]
     metrics = {f"{name}_acc": accuracy(model_, task_, codec, test, decode)}
     if model_.cfg.mask == "bidirectional":  # the official re-masking sampler, and the 1-step variant
@@ -71,7 +75,7 @@ def run_arm(cfg: dict, task: str, arm: str) -> dict:
     metrics[f"{name}_cpu_s"] = time.process_time() - c0
     metrics["params"] = run_["params"]
     metrics[f"{key}_test_examples"] = len(test)
-    print(f"{name}: accuracy {metrics[f'{name}_acc']:.3f} ({metrics[f'{name}_cpu_s']:.0f} CPU s)",
+    print(f"{name} seed {seed}: accuracy {metrics[f'{name}_acc']:.3f} ({metrics[f'{name}_cpu_s']:.0f} CPU s)",
           file=sys.stderr, flush=True)
     return metrics
 
@@ -80,25 +84,30 @@ def run(cfg: dict, smoke: bool) -> dict:
     arms_of = {cfg["gate1_task"]: cfg["arms"]}  # task -> arms, in run order; the gate-1 task keeps its arms
     for t in cfg["hard_tasks"]:
         arms_of.setdefault(t, cfg["hard_arms"])
-    jobs = [(t, a) for t, arms in arms_of.items() for a in arms]
+    seeds = cfg["seeds"]
+    jobs = [(t, a, s) for s in seeds for t, arms in arms_of.items() for a in arms]
     workers = cfg.get("workers", 1)
     if workers > 1:  # arms are independent: one process each (fork keeps this module; 1 torch thread each)
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             parts = list(pool.map(run_arm, [cfg] * len(jobs), *zip(*jobs)))
     else:
-        parts = [run_arm(cfg, t, a) for t, a in jobs]
-    metrics: dict = {}
-    for part in parts:
-        metrics.update(part)
-    metrics["cpu_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_cpu_s"))
-    for task, arms in arms_of.items():
-        key = task_key(task)
-        acc = {SHORT.get(a, a): metrics[f"{key}_{SHORT.get(a, a)}_acc"] for a in arms}
-        if "mgdm" in acc and "ar" in acc:
-            metrics[f"{key}_mgdm_minus_ar"] = acc["mgdm"] - acc["ar"]
-        if "mgdm" in acc and "mdm" in acc:
-            metrics[f"{key}_mgdm_minus_mdm"] = acc["mgdm"] - acc["mdm"]
+        parts = [run_arm(cfg, t, a, s) for t, a, s in jobs]
+    per_seed: dict[int, dict] = {s: {} for s in seeds}
+    for (_, _, seed), part in zip(jobs, parts):
+        per_seed[seed].update(part)
+    for m in per_seed.values():  # gaps within each seed
+        for key in map(task_key, arms_of):
+            for other, gap in (("ar", "mgdm_minus_ar"), ("mdm", "mgdm_minus_mdm")):
+                if f"{key}_mgdm_acc" in m and f"{key}_{other}_acc" in m:
+                    m[f"{key}_{gap}"] = m[f"{key}_mgdm_acc"] - m[f"{key}_{other}_acc"]
+    metrics = {k: mean(m[k] for m in per_seed.values()) for k in per_seed[seeds[0]]}  # means over seeds
+    metrics["cpu_seconds"] = sum(v for m in per_seed.values() for k, v in m.items() if k.endswith("_cpu_s"))
+    if len(seeds) > 1:
+        for seed, m in per_seed.items():
+            metrics.update({f"{k}_s{seed}": v for k, v in m.items() if k != "params"})
+        for k in [k for k in metrics if k.endswith("_mgdm_minus_ar")]:
+            metrics[f"{k}_min"] = min(m[k] for m in per_seed.values())
     gaps = {t: metrics[f"{task_key(t)}_mgdm_minus_ar"] for t in cfg["hard_tasks"]
             if f"{task_key(t)}_mgdm_minus_ar" in metrics}
     if gaps:
