@@ -12,6 +12,13 @@ from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.tasks.encoding import TaskCodec
 
 
+@pytest.mark.parametrize("preset", list(ev.TASKS))
+def test_every_preset_builds_and_generates(preset):
+    task = ev.build_task(preset)
+    (example,) = task.generate(1, seed=0)
+    assert task.verify(example.prompt, example.target)
+
+
 def test_presets_and_overrides_build_tasks():
     assert ev.build_task("countdown4").cfg.n_numbers == 4
     task = ev.build_task("sudoku4:blanks=6")

@@ -48,16 +48,16 @@ class TaskDataConfig:
 
 def build_task(spec: str) -> Any:
     """Task object for a preset name or ``name:key=value,...`` (name = preset or task registry name)."""
-    from lmlab.core.config import apply_overrides
+    from lmlab.core.config import from_dict, merge_overrides, to_dict
     from lmlab.tasks import REGISTRY
 
     name, _, extra = spec.partition(":")
     base, preset = TASKS.get(name, (name, {}))
     if base not in REGISTRY:
         raise ValueError(f"unknown task {name!r}; presets: {', '.join(TASKS)}; tasks: {', '.join(REGISTRY)}")
-    overrides = [f"{k}={v}" for k, v in preset.items()] + [s for s in extra.split(",") if s]
-    cfg = apply_overrides(REGISTRY.config(base)(), overrides)
-    return REGISTRY.get(base)(cfg)
+    cls = REGISTRY.config(base)
+    raw = merge_overrides(cls, {**to_dict(cls()), **preset}, [s for s in extra.split(",") if s])  # typed presets
+    return REGISTRY.get(base)(from_dict(cls, raw))
 
 
 def make_data(spec: str, data: TaskDataConfig) -> tuple[Any, list, list]:
