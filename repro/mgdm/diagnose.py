@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--rope-base", type=float, default=10000.0)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     codec = TaskCodec.fit(task.alphabet, train + test)
     mask = "bidirectional" if is_bidirectional(a.objective) else "causal"
     cfg = TransformerConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, vocab_size=codec.vocab_size, mask=mask,
-                            max_seq_len=max(64, codec.seq_len))
+                            max_seq_len=max(64, codec.seq_len), rope_base=a.rope_base)
     seed_everything(a.seed)
     model = Transformer(cfg)
     print(f"{a.task} {a.objective}: {model.num_params()} parameters, {codec.seq_len} tokens", flush=True)
