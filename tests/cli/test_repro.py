@@ -107,3 +107,29 @@ def test_a_run_script_can_hand_its_own_functions_to_worker_processes(checkout):
     (checkout / "repro" / "toy" / "run.py").write_text(POOL_RUN)
     rec = repro.run_one(checkout, "toy", smoke=True)
     assert rec["metrics"]["total"] == 14 and rec["metrics"]["worker_pids"] >= 1
+
+
+def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):
+    """repro/mgdm/run.py with two seeds: gaps are taken within a seed, then averaged; per-seed names keep them."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "repro" / "mgdm" / "run.py"
+    spec = importlib.util.spec_from_file_location("mgdm_run_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    acc = {(0, "ar"): 0.2, (0, "mgdm"): 0.5, (1, "ar"): 0.4, (1, "mgdm"): 0.3}  # gaps +0.3 and -0.1
+
+    def fake_arm(cfg, task, arm, seed):
+        name = f"{mod.task_key(task)}_{mod.SHORT[arm]}"
+        return {f"{name}_acc": acc[seed, mod.SHORT[arm]], f"{name}_cpu_s": 10.0, "params": 7}
+
+    monkeypatch.setattr(mod, "run_arm", fake_arm)
+    cfg = {"gate1_task": "sudoku4", "arms": ["causal_lm", "mgdm"], "hard_tasks": ["sudoku4"],
+           "hard_arms": ["causal_lm", "mgdm"], "seeds": [0, 1], "workers": 1}
+    m = mod.run(cfg, smoke=False)
+    assert m["sudoku4_mgdm_minus_ar_s0"] == pytest.approx(0.3) and m["sudoku4_mgdm_minus_ar_s1"] == pytest.approx(-0.1)
+    assert m["sudoku4_mgdm_minus_ar"] == pytest.approx(0.1) and m["sudoku4_mgdm_minus_ar_min"] == pytest.approx(-0.1)
+    assert m["sudoku4_ar_acc"] == pytest.approx(0.3) and m["sudoku4_mgdm_acc_s1"] == pytest.approx(0.3)
+    assert m["hard_best_mgdm_minus_ar"] == pytest.approx(0.1) and m["cpu_seconds"] == pytest.approx(40.0)
+    assert m["params"] == 7 and "params_s0" not in m
