@@ -9,6 +9,8 @@ import torch
 from lmlab.cli import eval as ev
 from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import Transformer, TransformerConfig
+from lmlab.decoding.masked import Config as DecodeConfig
+from lmlab.decoding.masked import masked_decode
 from lmlab.tasks.encoding import TaskCodec
 
 
@@ -100,3 +102,22 @@ def test_run_task_job_is_what_lmlab_train_calls_with_a_task(tmp_path):
     out = ev.run_task_job(job)
     assert out["steps"] == 2 and 0.0 <= out["accuracy"] <= 1.0 and out["test_examples"] >= 1
     assert (tmp_path / "task.json").is_file() and (tmp_path / "model").is_dir()
+
+
+def test_inpainting_runs_keep_every_given_and_refuse_tasks_without_a_blank(tmp_path):
+    data = ev.TaskDataConfig(n_train=32, n_test=8, batch_size=8, decode_steps=3, inpaint=True)
+    run = ev.train_on_task("mgdm", "sudoku4", TransformerConfig(dim=16, n_layers=1, n_heads=2),
+                           TrainConfig(steps=2, warmup_steps=1, progress=False, run_dir=str(tmp_path)), data)
+    codec, test = run["codec"], run["test"]
+    assert codec.blank == "0" and ev.load_run(tmp_path)[1].blank == "0"
+    ids, maskable = codec.encode_prompts([e.prompt for e in test])
+    tokens = masked_decode(run["model"], ids, maskable, codec.mask_id, DecodeConfig(steps=3)).tokens
+    start = codec.answer_starts(ids)[0]
+    for e, row in zip(test, tokens.tolist()):  # an untrained model still cannot change a given cell
+        assert all(row[start + j] == codec.tok.encode(c)[0] for j, c in enumerate(e.prompt) if c != "0")
+    ar = ev.train_on_task("causal_lm", "sudoku4", TransformerConfig(dim=16, n_layers=1, n_heads=2),
+                          TrainConfig(steps=1, warmup_steps=1, progress=False), data)
+    assert ar["codec"].blank is None  # AR keeps the plain layout
+    with pytest.raises(ValueError, match="no inpainting layout"):
+        ev.train_on_task("mgdm", "planning", TransformerConfig(dim=16, n_layers=1, n_heads=2),
+                         TrainConfig(steps=1, warmup_steps=1, progress=False), data)

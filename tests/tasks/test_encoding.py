@@ -45,3 +45,34 @@ def test_too_long_examples_raise_naming_the_length(tmp_path):
         TaskCodec("ab", 2, 0)
     loaded = TaskCodec.load(codec.save(tmp_path / "task.json"))
     assert loaded.to_dict() == codec.to_dict() and loaded.mask_id == codec.vocab_size - 1
+
+
+def test_inpainting_layout_fixes_the_givens_in_the_target_region(tmp_path):
+    from lmlab.tasks.sudoku import Config, SudokuTask
+
+    task = SudokuTask(Config(size=4, blanks=8))
+    examples = task.generate(6, seed=0)
+    plain = TaskCodec.fit(task.alphabet, examples)
+    codec = TaskCodec.fit(task.alphabet, examples, blank=task.blank)
+    enc, base = codec.encode(examples), plain.encode(examples)
+    assert torch.equal(enc["ids"], base["ids"]) and torch.equal(enc["targets"], base["targets"])  # AR unchanged
+    p = len(examples[0].prompt) + 1
+    for row, ex in zip(enc["src_mask"].tolist(), examples):  # givens = the prompt's non-blank cells, nothing else
+        assert row[:p] == [True] * p
+        assert row[p:p + 16] == [c != "0" for c in ex.prompt] and not any(row[p + 16:])
+    ids, maskable = codec.encode_prompts([e.prompt for e in examples])
+    assert torch.equal(maskable, ~enc["src_mask"])  # decoding fills exactly what training masks
+    assert torch.equal(ids[~maskable], enc["ids"][~maskable]) and (ids[maskable] == codec.mask_id).all()
+    starts = codec.answer_starts(enc["ids"])
+    assert [codec.answer(r, s) for r, s in zip(enc["ids"].tolist(), starts)] == [e.target for e in examples]
+    assert TaskCodec.load(codec.save(tmp_path / "c.json")).blank == "0"
+
+
+def test_inpainting_layout_rejects_bad_blanks_and_targets_that_change_a_given():
+    with pytest.raises(ValueError, match="blank must be one character"):
+        TaskCodec("0123", 4, 4, blank="x")
+    codec = TaskCodec("0123", 4, 4, blank="0")
+    with pytest.raises(ValueError, match="given '2' of prompt '1200' at position 1"):
+        codec.encode([Example("1200", "1320")])
+    with pytest.raises(ValueError, match="longer than the target"):
+        TaskCodec("0123", 6, 4, blank="0").encode_prompts(["123000"])

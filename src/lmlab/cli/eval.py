@@ -44,6 +44,8 @@ class TaskDataConfig:
     batch_size: int = param(128, "examples per micro-batch")
     seed: int = param(0, "data seed (the test set uses a different stream)")
     decode_steps: int = param(20, "masked decoding steps T at evaluation", source="official scripts")
+    inpaint: bool = param(False, "diffusion models on tasks with a blank symbol (Sudoku): the givens sit fixed in "
+                                 "the target, only the blanks are masked, learned and decoded (no effect on AR)")
 
 
 def build_task(spec: str) -> Any:
@@ -126,7 +128,7 @@ def solve(model: Any, codec: Any, prompts: list[str], decode: Any = None, batch:
             gen = masked_decode(model, ids, maskable, codec.mask_id, decode or DecodeConfig(), generator)
             tokens, c = gen.tokens, gen.stats.model_calls
         calls += c
-        starts = (~maskable).sum(-1).tolist()
+        starts = codec.answer_starts(ids)
         answers += [codec.answer(row, p) for row, p in zip(tokens.tolist(), starts)]
     return answers, {"model_calls": calls}
 
@@ -162,8 +164,11 @@ def train_on_task(objective: str, spec: str, model_cfg: Any, train_cfg: Any, dat
     from lmlab.tasks.encoding import TaskCodec
 
     task, train, test = make_data(spec, data)
-    codec = TaskCodec.fit(task.alphabet, train + test)
     mask = "bidirectional" if is_bidirectional(objective) else "causal"
+    blank = getattr(task, "blank", None)
+    if data.inpaint and blank is None:
+        raise ValueError(f"task {spec!r} has no inpainting layout (inpaint=true needs a task with a blank symbol)")
+    codec = TaskCodec.fit(task.alphabet, train + test, blank=blank if data.inpaint and mask != "causal" else None)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=codec.vocab_size, mask=mask,
                                     max_seq_len=max(model_cfg.max_seq_len, codec.seq_len))
     seed_everything(seed)
@@ -249,7 +254,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any, str]:
     model = Transformer(TransformerConfig(**read_meta(run_dir / "model")["config"]))
     load_model(run_dir / "model", model)
     c = info["codec"]
-    return model.eval(), TaskCodec(c["alphabet"], c["prompt_len"], c["target_len"]), info["task"]
+    return model.eval(), TaskCodec.from_dict(c), info["task"]
 
 
 # ---------------------------------------------------------------- the verb

@@ -12,6 +12,12 @@ Characters use a :class:`~lmlab.core.tokenizer.CharTokenizer` over the task's al
 differ, the roles do not). ``prompt_len`` / ``target_len`` are the longest prompt and target the context must
 hold; a longer example is a ValueError naming its length. ``encode_prompts`` builds the decoding input: the
 target region is all ``<mask>`` and ``maskable`` marks it.
+
+Inpainting layout (``blank``, for diffusion models on tasks whose prompt is the target with some positions
+blanked, e.g. Sudoku): target position j with ``prompt[j] != blank`` is a given. It is written into the target
+region, counted in ``src_mask`` (never masked, no diffusion loss) and left out of ``maskable`` when decoding, so
+the model only learns and fills the blanks. The method notes for MGDM suggest this layout for Sudoku; the
+paper's layout keeps the whole target maskable. ``causal_lm`` targets are unchanged by it.
 """
 
 from __future__ import annotations
@@ -33,21 +39,23 @@ IGNORE = -100  # causal-LM target id that carries no loss
 class TaskCodec:
     """Char tokenizer + fixed layout for one task. ``seq_len = prompt_len + target_len + 2``."""
 
-    def __init__(self, alphabet: str, prompt_len: int, target_len: int):
+    def __init__(self, alphabet: str, prompt_len: int, target_len: int, blank: str | None = None):
         for name, v in (("prompt_len", prompt_len), ("target_len", target_len)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"TaskCodec {name} must be an int >= 1, got {v!r}")
+        if blank is not None and (not isinstance(blank, str) or len(blank) != 1 or blank not in alphabet):
+            raise ValueError(f"TaskCodec blank must be one character of the alphabet {alphabet!r}, got {blank!r}")
         self.tok = CharTokenizer(alphabet, SPECIALS)
-        self.alphabet, self.prompt_len, self.target_len = alphabet, prompt_len, target_len
+        self.alphabet, self.prompt_len, self.target_len, self.blank = alphabet, prompt_len, target_len, blank
         self.pad_id, self.sep_id, self.eos_id, self.mask_id = (self.tok.token_id(s) for s in SPECIALS)
 
     @classmethod
-    def fit(cls, alphabet: str, examples: Sequence[Example], slack: int = 0) -> TaskCodec:
+    def fit(cls, alphabet: str, examples: Sequence[Example], slack: int = 0, blank: str | None = None) -> TaskCodec:
         """A codec just long enough for ``examples`` (plus ``slack`` positions on each part)."""
         if not examples:
             raise ValueError("TaskCodec.fit needs at least one example to size the context")
         return cls(alphabet, max(len(e.prompt) for e in examples) + slack,
-                   max(len(e.target) for e in examples) + slack)
+                   max(len(e.target) for e in examples) + slack, blank)
 
     @property
     def vocab_size(self) -> int:
@@ -62,6 +70,15 @@ class TaskCodec:
             raise ValueError(f"{what} of length {len(text)} is longer than the context allows "
                              f"({what}_len={limit}): {text[:60]!r}")
 
+    def givens(self, prompt: str) -> list[int]:
+        """Target positions fixed by the prompt in the inpainting layout ([] without ``blank``)."""
+        if self.blank is None:
+            return []
+        if len(prompt) > self.target_len:
+            raise ValueError(f"inpainting prompt of length {len(prompt)} is longer than the target "
+                             f"(target_len={self.target_len}): {prompt[:60]!r}")
+        return [j for j, c in enumerate(prompt) if c != self.blank]
+
     def encode(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Training tensors ``ids``, ``src_mask``, ``targets`` (see the module docstring)."""
         N, L = len(examples), self.seq_len
@@ -75,6 +92,11 @@ class TaskCodec:
             row = self.tok.encode(ex.prompt) + [self.sep_id] + self.tok.encode(ex.target) + [self.eos_id]
             ids[i, : len(row)] = torch.tensor(row)
             src[i, :p] = True
+            for j in self.givens(ex.prompt):
+                if j >= len(ex.target) or ex.target[j] != ex.prompt[j]:
+                    raise ValueError(f"inpainting layout: target {ex.target!r} does not keep the given "
+                                     f"{ex.prompt[j]!r} of prompt {ex.prompt!r} at position {j}")
+                src[i, p + j] = True
             targets[i, p - 1 : len(row) - 1] = ids[i, p : len(row)]  # predict target and <eos> from the left
         return {"ids": ids, "src_mask": src, "targets": targets}
 
@@ -88,11 +110,14 @@ class TaskCodec:
             row = self.tok.encode(prompt) + [self.sep_id]
             ids[i, : len(row)] = torch.tensor(row)
             maskable[i, : len(row)] = False
+            for j in self.givens(prompt):  # inpainting: givens sit in the target region, fixed
+                ids[i, len(row) + j] = ids[i, j]
+                maskable[i, len(row) + j] = False
         return ids, maskable
 
-    def prompt_lengths(self, src_mask: torch.Tensor) -> torch.Tensor:
-        """(N,) number of given positions (prompt + <sep>) per row."""
-        return src_mask.sum(-1)
+    def answer_starts(self, ids: torch.Tensor) -> list[int]:
+        """First target position of each row (just after <sep>)."""
+        return ((ids == self.sep_id).int().argmax(-1) + 1).tolist()
 
     def answer(self, row: Sequence[int], start: int) -> str:
         """The answer text of one decoded row: tokens from ``start`` up to the first <eos>/<pad>.
@@ -107,7 +132,8 @@ class TaskCodec:
         return "".join(out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alphabet": self.alphabet, "prompt_len": self.prompt_len, "target_len": self.target_len}
+        return {"alphabet": self.alphabet, "prompt_len": self.prompt_len, "target_len": self.target_len,
+                "blank": self.blank}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -120,5 +146,8 @@ class TaskCodec:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no task codec file at {path}")
-        d = json.loads(path.read_text())
-        return cls(d["alphabet"], d["prompt_len"], d["target_len"])
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskCodec:
+        return cls(d["alphabet"], d["prompt_len"], d["target_len"], d.get("blank"))

@@ -125,6 +125,7 @@ class Grid:
 
 class SudokuTask:
     name = "sudoku"
+    blank = "0"  # the prompt is the solution with blanks: the inpainting layout of TaskCodec applies
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = cfg = cfg if cfg is not None else Config()
