@@ -46,9 +46,8 @@ def probe(model, codec, test, reveal: list[int]) -> dict[int, tuple[float, float
     model.eval()
     ids, maskable = codec.encode_prompts([e.prompt for e in test])  # (B, L)
     ref = codec.encode(test)["ids"]  # (B, L)
-    start = int((~maskable[0]).sum())  # first target position (prompts of one task have one length)
-    x = ids.clone()
-    x[:, start:] = codec.mask_id
+    start = codec.answer_starts(ids)[0]  # first target position (prompts of one task have one length)
+    x = ids.clone()  # target region <mask> (inpainting: givens kept)
     for i in reveal:
         x[:, start + i] = ref[:, start + i]
     probs = model(x).softmax(-1)  # (B, L, V)
@@ -74,14 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-train", type=int, default=50_000)
     p.add_argument("--n-test", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inpaint", action="store_true", help="diffusion: givens fixed in the target (Sudoku)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     task, train, test = make_data(a.task, TaskDataConfig(n_train=a.n_train, n_test=a.n_test, seed=a.seed))
     if a.mix:
         _, other, _ = make_data(a.mix, TaskDataConfig(n_train=a.n_train // 2, n_test=10, seed=a.seed + 7))
         train = train[: a.n_train - len(other)] + other
-    codec = TaskCodec.fit(task.alphabet, train + test)
     mask = "bidirectional" if is_bidirectional(a.objective) else "causal"
+    codec = TaskCodec.fit(task.alphabet, train + test, blank=task.blank if a.inpaint and mask != "causal" else None)
     cfg = TransformerConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, vocab_size=codec.vocab_size, mask=mask,
                             max_seq_len=max(64, codec.seq_len), rope_base=a.rope_base)
     seed_everything(a.seed)
