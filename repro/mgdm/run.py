@@ -5,6 +5,8 @@ trained with ``lmlab.cli.eval.train_on_task`` and scored by the task's exact ver
 greedy; diffusion: ``masked_decode`` easy-first top-k, T = decode_steps). Metrics are
 ``<task>_<arm>_acc``, ``<task>_mgdm_minus_ar``, ``<task>_mgdm_minus_mdm``, the best gap over the hard tasks,
 loss drops, decode validity (givens untouched, no <mask> left, well-formed answers) and CPU seconds.
+With ``inpaint = true`` the diffusion arms use the inpainting layout on tasks that have a blank symbol (Sudoku:
+the givens sit fixed in the target region, only the blanks are masked, learned and decoded); AR is unchanged.
 With several ``seeds`` (each: other training data, test prompts, initialisation and batches) every arm is run once
 per seed; the per-seed metrics get a ``_s<seed>`` suffix, the unsuffixed ones are means over seeds (gaps are taken
 within a seed, then averaged; ``<task>_mgdm_minus_ar_min`` is the worst seed's gap). Arms are independent; with
@@ -22,7 +24,7 @@ from statistics import mean
 
 import torch
 
-from lmlab.cli.eval import TaskDataConfig, accuracy, solve, train_on_task
+from lmlab.cli.eval import TaskDataConfig, accuracy, build_task, solve, train_on_task
 from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
@@ -53,8 +55,9 @@ def task_key(task: str) -> str:
 def run_arm(cfg: dict, task: str, arm: str, seed: int) -> dict:
     """Train one arm on one task with one seed and score it; metrics are prefixed ``<task key>_<arm>_``."""
     torch.set_num_threads(cfg["threads"])
+    inpaint = cfg.get("inpaint", False) and getattr(build_task(task), "blank", None) is not None
     data = TaskDataConfig(n_train=cfg["n_train"], n_test=cfg["n_test"], batch_size=cfg["batch_size"],
-                          seed=seed, decode_steps=cfg["decode_steps"])
+                          seed=seed, decode_steps=cfg["decode_steps"], inpaint=inpaint)
     decode = DecodeConfig(steps=cfg["decode_steps"])
     key = task_key(task)
     name = f"{key}_{SHORT.get(arm, arm)}"

@@ -109,8 +109,7 @@ def test_a_run_script_can_hand_its_own_functions_to_worker_processes(checkout):
     assert rec["metrics"]["total"] == 14 and rec["metrics"]["worker_pids"] >= 1
 
 
-def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):
-    """repro/mgdm/run.py with two seeds: gaps are taken within a seed, then averaged; per-seed names keep them."""
+def load_mgdm_run():
     import importlib.util
     from pathlib import Path
 
@@ -118,6 +117,12 @@ def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):
     spec = importlib.util.spec_from_file_location("mgdm_run_under_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):
+    """repro/mgdm/run.py with two seeds: gaps are taken within a seed, then averaged; per-seed names keep them."""
+    mod = load_mgdm_run()
     acc = {(0, "ar"): 0.2, (0, "mgdm"): 0.5, (1, "ar"): 0.4, (1, "mgdm"): 0.3}  # gaps +0.3 and -0.1
 
     def fake_arm(cfg, task, arm, seed):
@@ -133,3 +138,20 @@ def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):
     assert m["sudoku4_ar_acc"] == pytest.approx(0.3) and m["sudoku4_mgdm_acc_s1"] == pytest.approx(0.3)
     assert m["hard_best_mgdm_minus_ar"] == pytest.approx(0.1) and m["cpu_seconds"] == pytest.approx(40.0)
     assert m["params"] == 7 and "params_s0" not in m
+
+
+@pytest.mark.parametrize("task, expected", [("sudoku4", True), ("planning2", False)])
+def test_mgdm_run_uses_the_inpainting_layout_only_on_tasks_with_a_blank(monkeypatch, task, expected):
+    mod = load_mgdm_run()
+    seen = {}
+
+    def fake_train(arm, spec, model, train, data, seed):
+        seen["inpaint"] = data.inpaint
+        raise RuntimeError("stop after the data config")
+
+    monkeypatch.setattr(mod, "train_on_task", fake_train)
+    cfg = {"threads": 1, "n_train": 10, "n_test": 5, "batch_size": 4, "decode_steps": 2, "dim": 8, "layers": 1,
+           "heads": 2, "steps": 1, "lr": 1e-3, "warmup": 0, "inpaint": True}
+    with pytest.raises(RuntimeError, match="stop after"):
+        mod.run_arm(cfg, task, "mgdm", 0)
+    assert seen["inpaint"] is expected
