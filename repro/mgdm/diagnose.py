@@ -7,7 +7,8 @@ T = 20 for diffusion) and the share of test rows whose decoded token at each tar
 reference. At the end, for a diffusion model, *probes*: one forward pass with only some target positions
 revealed (the rest <mask>), reporting argmax accuracy and mean top probability at each hidden position.
 ``--mix SPEC`` replaces half the training set with examples of another task (e.g. planning2), test stays on
-``--task``. The README's diagnosis of planning-3 was measured with this script.
+``--task``; ``--pretrain SPEC --pretrain-steps N`` trains N steps on another task first (a curriculum; one lr
+schedule over both phases). ``--weight-decay``, ``--rope-base`` and ``--inpaint`` vary one setting each. The README's diagnosis of planning-3 was measured with this script.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", default="planning3")
     p.add_argument("--objective", default="mgdm", help="causal_lm | mdm | mgdm")
     p.add_argument("--mix", default="", help="task spec for half of the training examples (default: none)")
+    p.add_argument("--pretrain", default="", help="task spec trained on first, for --pretrain-steps (curriculum)")
+    p.add_argument("--pretrain-steps", type=int, default=0)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=8)
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--every", type=int, default=1000, help="evaluate every N steps")
     p.add_argument("--n-train", type=int, default=50_000)
     p.add_argument("--n-test", type=int, default=300)
@@ -80,20 +84,29 @@ def main(argv: list[str] | None = None) -> None:
     if a.mix:
         _, other, _ = make_data(a.mix, TaskDataConfig(n_train=a.n_train // 2, n_test=10, seed=a.seed + 7))
         train = train[: a.n_train - len(other)] + other
+    first = []  # curriculum: examples of --pretrain, trained on before the task
+    if a.pretrain:
+        first = make_data(a.pretrain, TaskDataConfig(n_train=a.n_train, n_test=10, seed=a.seed + 11))[1]
     mask = "bidirectional" if is_bidirectional(a.objective) else "causal"
-    codec = TaskCodec.fit(task.alphabet, train + test, blank=task.blank if a.inpaint and mask != "causal" else None)
+    blank = task.blank if a.inpaint and mask != "causal" else None
+    codec = TaskCodec.fit(task.alphabet, train + test + first, blank=blank)
     cfg = TransformerConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, vocab_size=codec.vocab_size, mask=mask,
                             max_seq_len=max(64, codec.seq_len), rope_base=a.rope_base)
     seed_everything(a.seed)
     model = Transformer(cfg)
     print(f"{a.task} {a.objective}: {model.num_params()} parameters, {codec.seq_len} tokens", flush=True)
-    train_cfg = TrainConfig(steps=a.steps, lr=a.lr, warmup_steps=100, progress=False, seed=a.seed)
-    trainer = Trainer(model, OBJECTIVES.get(a.objective)(), ExampleBatches(codec.encode(train), a.batch_size, a.seed),
-                      train_cfg)
+    total = a.steps + a.pretrain_steps  # one lr schedule over both phases
+    train_cfg = TrainConfig(steps=total, lr=a.lr, warmup_steps=100, weight_decay=a.weight_decay, progress=False,
+                            seed=a.seed)
+    batches = ExampleBatches(codec.encode(train), a.batch_size, a.seed)
+    trainer = Trainer(model, OBJECTIVES.get(a.objective)(),
+                      ExampleBatches(codec.encode(first), a.batch_size, a.seed) if first else batches, train_cfg)
     t0, losses = time.process_time(), []
-    while trainer.step < a.steps:
+    while trainer.step < total:
+        if trainer.step == a.pretrain_steps:
+            trainer.data = batches
         losses.append(trainer.train_step()["loss"])
-        if trainer.step % a.every == 0 or trainer.step == a.steps:
+        if trainer.step % a.every == 0 or trainer.step == total:
             acc, pos = position_report(model, task, codec, test)
             recent = losses[-200:]
             print(f"step {trainer.step:>6}  loss {sum(recent) / len(recent):.4f}  exact {acc:.3f}  positions "
