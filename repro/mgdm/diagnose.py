@@ -8,7 +8,8 @@ reference. At the end, for a diffusion model, *probes*: one forward pass with on
 revealed (the rest <mask>), reporting argmax accuracy and mean top probability at each hidden position.
 ``--mix SPEC`` replaces half the training set with examples of another task (e.g. planning2), test stays on
 ``--task``; ``--pretrain SPEC --pretrain-steps N`` trains N steps on another task first (a curriculum; one lr
-schedule over both phases). ``--weight-decay``, ``--rope-base`` and ``--inpaint`` vary one setting each. The README's diagnosis of planning-3 was measured with this script.
+schedule over both phases). ``--weight-decay``, ``--rope-base`` and ``--inpaint`` vary one setting each.
+The README's diagnosis of planning-3 was measured with this script.
 """
 
 from __future__ import annotations
