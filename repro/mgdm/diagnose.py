@@ -20,14 +20,13 @@ import time
 
 import torch
 
-from lmlab.cli.eval import TaskDataConfig, is_bidirectional, make_data, solve
+from lmlab.cli.eval import TaskDataConfig, fit_codec, is_bidirectional, make_data, solve
 from lmlab.core.data import ExampleBatches
 from lmlab.core.runtime import seed_everything
 from lmlab.core.train import TrainConfig, Trainer
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
 from lmlab.objectives import REGISTRY as OBJECTIVES
-from lmlab.tasks.encoding import TaskCodec
 
 
 def position_report(model, task, codec, test) -> tuple[float, list[float]]:
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.pretrain:
         first = make_data(a.pretrain, TaskDataConfig(n_train=a.n_train, n_test=10, seed=a.seed + 11))[1]
     mask = "bidirectional" if is_bidirectional(a.objective) else "causal"
-    blank = task.blank if a.inpaint and mask != "causal" else None
-    codec = TaskCodec.fit(task.alphabet, train + test + first, blank=blank)
+    codec = fit_codec(task, a.task, train + test + first, mask, a.inpaint)
     cfg = TransformerConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, vocab_size=codec.vocab_size, mask=mask,
                             max_seq_len=max(64, codec.seq_len), rope_base=a.rope_base)
     seed_everything(a.seed)

@@ -145,6 +145,16 @@ def accuracy(model: Any, task: Any, codec: Any, examples: list, decode: Any = No
 # ---------------------------------------------------------------- training
 
 
+def fit_codec(task: Any, spec: str, examples: list, mask: str, inpaint: bool) -> Any:
+    """The task codec sized for ``examples``; ``inpaint`` gives bidirectional models the inpainting layout."""
+    from lmlab.tasks.encoding import TaskCodec
+
+    blank = getattr(task, "blank", None)
+    if inpaint and blank is None:
+        raise ValueError(f"task {spec!r} has no inpainting layout (inpaint=true needs a task with a blank symbol)")
+    return TaskCodec.fit(task.alphabet, examples, blank=blank if inpaint and mask != "causal" else None)
+
+
 def train_on_task(objective: str, spec: str, model_cfg: Any, train_cfg: Any, data: TaskDataConfig,
                   seed: int = 0, objective_cfg: Any = None) -> dict[str, Any]:
     """Train a core Transformer on a task; returns {model, codec, task, test, history, seconds, ...}.
@@ -161,14 +171,9 @@ def train_on_task(objective: str, spec: str, model_cfg: Any, train_cfg: Any, dat
     from lmlab.core.train import Trainer
     from lmlab.core.transformer import Transformer
     from lmlab.objectives import REGISTRY as OBJECTIVES
-    from lmlab.tasks.encoding import TaskCodec
-
     task, train, test = make_data(spec, data)
     mask = "bidirectional" if is_bidirectional(objective) else "causal"
-    blank = getattr(task, "blank", None)
-    if data.inpaint and blank is None:
-        raise ValueError(f"task {spec!r} has no inpainting layout (inpaint=true needs a task with a blank symbol)")
-    codec = TaskCodec.fit(task.alphabet, train + test, blank=blank if data.inpaint and mask != "causal" else None)
+    codec = fit_codec(task, spec, train + test, mask, data.inpaint)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=codec.vocab_size, mask=mask,
                                     max_seq_len=max(model_cfg.max_seq_len, codec.seq_len))
     seed_everything(seed)
