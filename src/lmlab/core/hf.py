@@ -303,6 +303,10 @@ class HFCausalLM(nn.Module):
     def n_layers(self) -> int:
         return int(self._text.num_hidden_layers)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.model.get_input_embeddings().weight.numel() if non_embedding else n

@@ -1,4 +1,4 @@
-"""Run-time plumbing: seeding, threads, timers, run directories, JSONL logs, progress bars."""
+"""Run-time plumbing: seeding, threads, devices, timers, run directories, JSONL logs, progress bars."""
 
 from __future__ import annotations
 
@@ -33,12 +33,57 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """A torch device from ``spec`` ("cpu", "cuda", "cuda:1", "mps", "auto"); None or "" = $LMLAB_DEVICE or cpu.
+
+    "auto" picks cuda, then mps, then cpu. Under torchrun a bare "cuda" means this rank's GPU (LOCAL_RANK).
+    An unavailable device is an error naming it, never a silent fall back to the CPU.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or os.environ.get("LMLAB_DEVICE", "") or "cpu").strip()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else (
+            "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    kind = spec.split(":", 1)[0]
+    if kind not in DEVICES:
+        raise ValueError(f"device {spec!r} is not one of {', '.join(DEVICES)} (optionally cuda:N) or 'auto'")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} was asked for but torch sees no CUDA GPU")
+        if spec == "cuda" and "LOCAL_RANK" in os.environ:
+            spec = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but torch sees no Apple GPU")
+    return torch.device(spec)
+
+
 def cache_dir(*parts: str) -> Path:
     """$LMLAB_CACHE (default ~/.cache/lmlab) / parts, created."""
     root = Path(os.environ.get("LMLAB_CACHE", Path.home() / ".cache" / "lmlab"))
     p = root.joinpath(*parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: readers see the old
+    file or the new one, never half of one, and a killed writer leaves no partial file under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class Timer:
