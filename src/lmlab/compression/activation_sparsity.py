@@ -154,7 +154,7 @@ class SparseGatedFFN(nn.Module):
             return topk_drop(a, self.k, per_token=self.mode == "topk_token")
         raise ValueError(f"unknown sparsity mode {self.mode!r}; expected dense, threshold, {STRATEGIES[1:]}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: Any = None) -> torch.Tensor:  # ctx: the core block context
         if self.kernel == "gather" and self.mode == "threshold" and not torch.is_grad_enabled():
             return self.gather_forward(x)
         a = self.act(self.gate_proj(x))  # (..., F)

@@ -1,7 +1,16 @@
-"""Slot implementations for the core Transformer: norms, positions, attention, MLPs.
+"""Slot implementations for the core Transformer: norms, positions, attention, MLPs, and the block context.
 
-Each slot has a table name -> class; ``register(slot, name, cls)`` lets a model family add a component (a MoE MLP,
-a score transform) without the Transformer knowing about it. Every class takes the ``TransformerConfig``.
+Slots. A ``TransformerConfig`` names one component per slot (``attn``, ``mlp``, ``pos``, ``norm``). A name is a
+built-in short name from ``SLOTS`` ("swiglu", "sdpa", ...) or a ``"module:attr"`` path
+("lmlab.models.moe:MoEMLP"), imported when the model is built, so a checkpoint whose config names a component
+of any module loads without that module having been imported first. ``register(slot, name, cls_or_path)``
+adds a short name (a path string stays lazy until used). Attention and MLP classes take
+``(cfg: TransformerConfig, layer_idx)``; norms ``(dim, eps)``; positions ``(head_dim, max_seq_len, base)``.
+
+Context. One ``Context`` per forward pass carries what every block shares: positions, the mask, the position
+module, the cache and the layer -> cache-slot map (cross-layer KV sharing), router inputs (MoICE, MoM) and an
+``aux`` dict where components add auxiliary losses (MoE balance). Blocks and components take ``(x, ctx)``, so a
+new method adds a context field instead of a positional argument.
 
 Legend: B batch, T new tokens, S keys (cached + new), H query heads, Hkv key/value heads, D head dim, C model dim.
 """
@@ -9,11 +18,36 @@ Legend: B batch, T new tokens, S keys (cached + new), H query heads, Hkv key/val
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# ---------------------------------------------------------------- the context of one forward pass
+
+
+@dataclass
+class Context:
+    """What the blocks of one forward pass share (built by the model, read by blocks and components)."""
+
+    positions: torch.Tensor  # (T,) or (B, T) absolute positions of the new tokens
+    pos: nn.Module  # the position slot (RoPE, NoPE): pos(q, k, positions) -> (q, k)
+    mask: torch.Tensor | None = None  # bool (B or 1, 1, T, S), True = attend; None = the model's default
+    causal: bool = True  # the model's default mask when ``mask`` is None
+    cache: Any = None  # a core.lm.Cache or None
+    cache_slots: list[int] | None = None  # layer i reads/writes cache slot cache_slots[i]; None = slot i
+    router: dict[str, Any] = field(default_factory=dict)  # extra inputs for routed components (MoICE, MoM)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # auxiliary losses added by components
+
+    def cache_slot(self, layer: int) -> int:
+        return layer if self.cache_slots is None else self.cache_slots[layer]
+
+    def add_aux(self, name: str, value: torch.Tensor) -> None:
+        """Add ``value`` to the auxiliary loss ``name`` (summed over layers); the Trainer adds it to the loss."""
+        self.aux[name] = self.aux[name] + value if name in self.aux else value
+
 
 # ---------------------------------------------------------------- norms
 
@@ -142,16 +176,16 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=causal and mask is None and q.shape[2] == k.shape[2])
 
-    def forward(self, x: torch.Tensor, pos: nn.Module, positions: torch.Tensor,
-                mask: torch.Tensor | None, causal: bool, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)
-        q, k = pos(q, k, positions)
+        q, k = ctx.pos(q, k, ctx.positions)
         q, k, v = self.qkv_hook(q, k, v)  # after RoPE, before the cache
+        mask, causal, cache = ctx.mask, ctx.causal, ctx.cache
         if cache is not None:
-            k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, S, D)
+            k, v = cache.write(ctx.cache_slot(self.layer_idx), k, v)  # (B, Hkv, S, D)
         if self.Hkv != self.H:
             rep = self.H // self.Hkv
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
@@ -182,7 +216,7 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -200,7 +234,7 @@ class PlainMLP(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
 
 
@@ -218,7 +252,7 @@ class ReLU2MLP(PlainMLP):
 
 # ---------------------------------------------------------------- slot tables
 
-SLOTS: dict[str, dict[str, type]] = {
+SLOTS: dict[str, dict[str, type | str]] = {
     "norm": {"rmsnorm": RMSNorm, "layernorm": LayerNorm},
     "pos": {"rope": RoPE, "nope": NoPE},
     "attn": {"sdpa": Attention, "naive": NaiveAttention},
@@ -227,14 +261,28 @@ SLOTS: dict[str, dict[str, type]] = {
 }
 
 
-def register(slot: str, name: str, cls: type) -> None:
-    """Add a component to a slot table (used by model families, e.g. a MoE MLP)."""
+def register(slot: str, name: str, cls: type | str) -> None:
+    """Add a short name to a slot table; ``cls`` may be a ``"module:attr"`` string, imported on first use."""
     if slot not in SLOTS:
         raise KeyError(f"unknown slot {slot!r}; slots: {', '.join(SLOTS)}")
+    if isinstance(cls, str) and ":" not in cls:
+        raise ValueError(f"slot component {cls!r} must be a class or a 'module:attr' path")
     SLOTS[slot][name] = cls
 
 
 def component(slot: str, name: str) -> type:
-    if name not in SLOTS[slot]:
-        raise ValueError(f"unknown {slot} component {name!r}; known: {', '.join(SLOTS[slot])}")
-    return SLOTS[slot][name]
+    """The class a slot name stands for: a short name from ``SLOTS`` or a ``"module:attr"`` path."""
+    from .registry import load_target
+
+    if slot not in SLOTS:
+        raise KeyError(f"unknown slot {slot!r}; slots: {', '.join(SLOTS)}")
+    target = SLOTS[slot].get(name, name if ":" in name else None)
+    if target is None:
+        raise ValueError(f"unknown {slot} component {name!r}; known: {', '.join(SLOTS[slot])}, "
+                         "or a 'module:attr' path")
+    if isinstance(target, str):
+        try:
+            return load_target(target)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"{slot} component {name!r}: cannot import {target!r} ({e})") from None
+    return target

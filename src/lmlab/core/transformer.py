@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import component
+from .blocks import Context, component
 from .config import param
 from .kv_cache import KVCache
 
@@ -69,9 +69,9 @@ class Block(nn.Module):
         self.mlp_norm = norm(cfg.dim, cfg.norm_eps)
         self.mlp = component("mlp", cfg.mlp)(cfg, layer_idx)
 
-    def forward(self, x, pos, positions, mask, causal, cache=None):
-        x = x + self.attn(self.attn_norm(x), pos, positions, mask, causal, cache)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx)
+        return x + self.mlp(self.mlp_norm(x), ctx)
 
 
 class Transformer(nn.Module):
@@ -83,6 +83,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = component("norm", cfg.norm)(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self._aux: dict[str, torch.Tensor] = {}
         self.apply(self._init)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -134,14 +135,22 @@ class Transformer(nn.Module):
             mask = mask[None, None]  # (1, 1, T, S)
         elif mask is not None and mask.ndim == 3:
             mask = mask[:, None]  # (B, 1, T, S)
-        causal = self.cfg.mask == "causal"
+        ctx = Context(positions, self.pos, mask, self.cfg.mask == "causal", cache)
         x = self.tok_emb(ids)  # (B, T, C)
         for i, block in enumerate(self.layers):
             if layers is None or i in layers:
-                x = block(x, self.pos, positions, mask, causal, cache)
+                x = block(x, ctx)
         if cache is not None:
             cache.advance(T)
+        if ctx.aux and torch.is_grad_enabled():
+            for k, v in ctx.aux.items():  # summed over the forward passes until the Trainer pops them
+                self._aux[k] = self._aux[k] + v if k in self._aux else v
         return self.norm(x)
+
+    def pop_aux(self) -> dict[str, torch.Tensor]:
+        """Auxiliary losses (e.g. MoE balance) added by components since the last call, summed; then cleared."""
+        out, self._aux = self._aux, {}
+        return out
 
     def forward(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, layers: list[int] | None = None) -> torch.Tensor:
