@@ -154,3 +154,118 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         diff = (torch.tensor(a[k]) - torch.tensor(b[k])).abs().max().item()
         assert diff < 1e-5, (k, diff)
         assert math.isfinite(diff)
+
+
+# ---------------------------------------------------------------- devices, aux losses, frozen parameters, hooks
+
+
+def test_every_tensor_follows_the_model_device(tiny_cfg, monkeypatch):
+    """On the meta device any CPU tensor left behind (batch, objective noise) would raise in the forward."""
+    import lmlab.core.train as train_mod
+
+    monkeypatch.setattr(train_mod, "resolve_device", lambda spec: torch.device("meta"))
+    model = Transformer(tiny_cfg)
+    t = Trainer(model, CausalLM(), TokenWindows(TOKENS, 4, 16), TrainConfig(steps=2, progress=False))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    batch = t.data.get_batch(0)
+    assert batch["ids"].device.type == "cpu"  # the data source knows nothing of devices
+    out = t.run_objective(t.model, batch)
+    assert out.loss.device.type == "meta"
+    out.loss.backward()
+    assert all(p.grad.device.type == "meta" for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tmp_path, tiny_cfg):
+    hist = make(tmp_path, tiny_cfg, steps=6, precision="bf16").fit()
+    assert all(math.isfinite(r["loss"]) for r in hist)
+    assert all(p.dtype == torch.float32 for p in make(tmp_path / "x", tiny_cfg).model.parameters())
+
+
+def test_aux_losses_are_added_to_the_loss_and_logged(tiny_cfg):
+    def with_aux(model, batch):
+        out = CausalLM()(model, batch)
+        return LossOutput(out.loss, {}, {"l2": 1e-2 * sum(p.pow(2).sum() for p in model.parameters())})
+
+    def summed(model, batch):  # the same total written as one loss
+        out = with_aux(model, batch)
+        return LossOutput(out.loss + out.aux["l2"])
+
+    runs = []
+    for objective in (with_aux, summed):
+        torch.manual_seed(0)
+        model = Transformer(tiny_cfg)
+        t = Trainer(model, objective, TokenWindows(TOKENS, 4, 16), TrainConfig(steps=3, lr=1e-2, progress=False))
+        runs.append((t.fit(), model))
+    (h_aux, m_aux), (h_sum, m_sum) = runs
+    assert all(torch.equal(a, b) for a, b in zip(m_aux.state_dict().values(), m_sum.state_dict().values()))
+    assert "aux_l2" in h_aux[0] and h_aux[0]["aux_l2"] > 0
+    assert h_aux[0]["loss"] == pytest.approx(h_sum[0]["loss"] - h_aux[0]["aux_l2"], rel=1e-6)
+
+
+def test_model_aux_losses_reach_the_trainer(tiny_cfg):
+    from test_blocks import BalancedMLP
+
+    cfg = TrainConfig(steps=2, progress=False)
+    path = f"{BalancedMLP.__module__}:BalancedMLP"
+    model = Transformer(type(tiny_cfg)(**{**vars(tiny_cfg), "mlp": path}))
+    hist = Trainer(model, CausalLM(), TokenWindows(TOKENS, 4, 16), cfg).fit()
+    assert hist[-1]["aux_balance"] > 0 and model.pop_aux() == {}
+
+
+def frozen_run(run_dir, tiny_cfg, steps, base_seed=0):
+    torch.manual_seed(base_seed)
+    model = Transformer(tiny_cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad = "mlp" in name  # train the MLPs only, like an adapter run
+    cfg = TrainConfig(steps=4, lr=1e-2, warmup_steps=1, ckpt_every=2, run_dir=str(run_dir), progress=False)
+    t = Trainer(model, CausalLM(), TokenWindows(TOKENS, 4, 16), cfg)
+    orig = t.train_step
+
+    def stop_after():  # a kill one step after the step-`steps` checkpoint
+        rec = orig()
+        if t.step == steps + 1 and steps < 4:
+            raise KeyboardInterrupt
+        return rec
+
+    t.train_step = stop_after
+    return t, model
+
+
+def test_frozen_parameters_are_not_saved_and_resume_is_exact(tmp_path, tiny_cfg):
+    from safetensors.torch import load_file
+
+    full, ref = frozen_run(tmp_path / "a", tiny_cfg, 4)
+    full_hist = full.fit()
+    t, _ = frozen_run(tmp_path / "b", tiny_cfg, 2)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    saved = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
+    assert saved and all("mlp" in k for k in saved)
+    resumed, model = frozen_run(tmp_path / "b", tiny_cfg, 4)
+    hist = resumed.fit()
+    assert [r["loss"] for r in hist] == [r["loss"] for r in full_hist[2:]]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_resume_refuses_other_frozen_weights(tmp_path, tiny_cfg):
+    t, _ = frozen_run(tmp_path, tiny_cfg, 2)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    other, _ = frozen_run(tmp_path, tiny_cfg, 4, base_seed=1)
+    with pytest.raises(CheckpointError, match="frozen parameters differ"):
+        other.fit()
+
+
+def test_step_hooks_see_every_record_and_can_stop(tiny_cfg):
+    seen = []
+
+    def hook(trainer, rec):
+        seen.append(trainer.step)
+        rec["probe"] = 2 * trainer.step
+        trainer.stop = trainer.step == 3
+
+    torch.manual_seed(0)
+    t = Trainer(Transformer(tiny_cfg), CausalLM(), TokenWindows(TOKENS, 4, 16),
+                TrainConfig(steps=10, progress=False), hooks=[hook])
+    hist = t.fit()
+    assert seen == [1, 2, 3] and [r["probe"] for r in hist] == [2, 4, 6] and t.step == 3

@@ -77,9 +77,16 @@ def load_tensors(path: str | Path, stem: str = "model") -> dict[str, torch.Tenso
         raise CheckpointError(f"{f} is truncated or not a safetensors file ({e})") from None
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Strict load that names missing / unexpected / mis-shaped keys (tied weights may be absent)."""
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint",
+              only: set[str] | None = None) -> None:
+    """Strict load that names missing / unexpected / mis-shaped keys (tied weights may be absent).
+
+    ``only``: the keys the checkpoint is expected to hold (e.g. the trainable parameters); the rest of the
+    model is left as it is.
+    """
     own = model.state_dict()
+    if only is not None:
+        own = {k: v for k, v in own.items() if k in only}
     tied = {k for k, v in own.items() for k2, v2 in own.items()
             if k != k2 and v.data_ptr() == v2.data_ptr() and k2 in state}
     missing = sorted(set(own) - set(state) - tied)

@@ -5,7 +5,17 @@
 - Atomic checkpoints (safetensors + JSON, written to a temporary folder and renamed) and **exact resume**:
   batches are a pure function of the step (``core.data``), and the checkpoint holds model, optimizer and RNG
   state, so a run killed and resumed produces the same loss curve as an uninterrupted one.
-- DistributedDataParallel when launched by ``torchrun`` (gloo on CPU, nccl on GPU); rank 0 logs and saves.
+- Devices: ``device`` (cpu | cuda | cuda:N | mps | auto; empty = $LMLAB_DEVICE or cpu) moves the model and every
+  batch; ``precision = "bf16"`` runs forward and loss under bf16 autocast (weights and optimizer stay fp32).
+- DistributedDataParallel when launched by ``torchrun`` (gloo on CPU; nccl on GPU with one GPU per rank,
+  ``LOCAL_RANK``); rank 0 logs and saves.
+- Auxiliary losses: an objective may return them in ``LossOutput.aux`` and model components add theirs through
+  the block context (``Transformer.pop_aux``); the Trainer adds all of them to the loss and logs each as
+  ``aux_<name>``. ``loss`` in the log is the objective's own loss.
+- Frozen parameters: when some parameters have ``requires_grad=False`` (adapters, distillation), checkpoints hold
+  the trainable ones only, plus a checksum of the frozen ones that resume checks; resume stays exact.
+- Step hooks: ``hooks=[fn]`` calls ``fn(trainer, record)`` after every optimizer step (diagnostics, probes,
+  data switches); a hook may add keys to the record or set ``trainer.stop = True``.
 - A non-finite loss stops the run with the step number; the last good checkpoint stays on disk.
 - Optional gradient-noise-scale measurement (McCandlish et al. 2018, "An Empirical Model of Large-Batch
   Training", App. A): from the per-micro-batch gradients g_i (batch b) and their mean G (batch n*b),
@@ -18,6 +28,7 @@ An objective is any callable ``objective(model, batch) -> LossOutput(loss, metri
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -31,13 +42,14 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import param, to_dict
-from .runtime import JsonlLog, Timer, progress
+from .runtime import JsonlLog, Timer, progress, resolve_device
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar to minimise
     metrics: dict[str, float] = field(default_factory=dict)  # extra numbers to log (already detached)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # auxiliary losses, added to ``loss`` by the Trainer
 
 
 @dataclass
@@ -59,6 +71,9 @@ class TrainConfig:
     ckpt_every: int = param(0, "checkpoint every N steps (0 = only at the end)")
     noise_scale_every: int = param(0, "measure the gradient noise scale every N steps (needs grad_accum >= 2)")
     seed: int = param(0, "seed for model-independent randomness (objective noise, dropout)")
+    device: str = param("", "cpu | cuda | cuda:N | mps | auto ('' = $LMLAB_DEVICE or cpu)")
+    precision: str = param("fp32", "fp32, or bf16 autocast for forward and loss (fp32 weights and optimizer)",
+                           choices=("fp32", "bf16"))
     run_dir: str = param("", "folder for metrics.jsonl and checkpoints ('' = none)")
     progress: bool = param(True, "show a progress bar on a terminal")
 
@@ -92,26 +107,64 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
+Hook = Callable[["Trainer", dict[str, Any]], None]
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with every tensor on ``device`` (other values as they are)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def frozen_checksum(model: nn.Module) -> dict[str, Any]:
+    """Count and float64 sum of the frozen parameters: resume refuses another base model."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    return {"count": sum(p.numel() for p in frozen),
+            "sum": float(sum(p.detach().double().sum() for p in frozen)) if frozen else 0.0}
+
+
 class Trainer:
     def __init__(self, model: nn.Module, objective: Callable[[nn.Module, dict], LossOutput], data: Any,
-                 cfg: TrainConfig, eval_data: Any = None, model_config: dict | None = None):
+                 cfg: TrainConfig, eval_data: Any = None, model_config: dict | None = None,
+                 hooks: list[Hook] | None = None):
         if cfg.grad_accum < 1 or cfg.steps < 1:
             raise ValueError(f"steps and grad_accum must be >= 1, got {cfg.steps}, {cfg.grad_accum}")
         if cfg.noise_scale_every and cfg.grad_accum < 2:
             raise ValueError("noise_scale_every needs grad_accum >= 2 (two batch sizes are compared)")
         self.cfg, self.objective, self.data, self.eval_data = cfg, objective, data, eval_data
         self.model_config = model_config or {}
+        self.hooks = list(hooks or [])
         self.ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.ddp else 0
         self.world = dist.get_world_size() if self.ddp else 1
-        self.model = model
-        self.wrapped = nn.parallel.DistributedDataParallel(model) if self.ddp else model
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids) if self.ddp else model
         self.opt = make_optimizer(model, cfg)
         self.step = 0
+        self.stop = False
         self.noise: dict[str, float] = {}
+        self.trainable_only = any(not p.requires_grad for p in model.parameters())
+        self.frozen = frozen_checksum(model) if self.trainable_only else None
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
         self.log = JsonlLog(self.run_dir / "metrics.jsonl") if self.run_dir and self.rank == 0 else None
         self.history: list[dict[str, Any]] = []
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def run_objective(self, model: nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """The objective on ``batch`` (moved to the device, under autocast), with the model's aux losses."""
+        with self.autocast():
+            out = self.objective(model, to_device(batch, self.device))
+        pop = getattr(self.model, "pop_aux", None)
+        model_aux = pop() if pop is not None else {}
+        if model_aux:
+            out = LossOutput(out.loss, out.metrics, {**out.aux, **model_aux})
+        return out
 
     # ------------------------------------------------------------ checkpoints
     @property
@@ -120,15 +173,23 @@ class Trainer:
 
     def _meta(self) -> dict[str, Any]:
         return {"step": self.step, "config": self.model_config, "train": to_dict(self.cfg), "noise": self.noise,
-                "kind": "lmlab-trainer"}
+                "kind": "lmlab-trainer", "trainable_only": self.trainable_only, "frozen": self.frozen}
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the model: everything, or the trainable parameters when some are frozen."""
+        if not self.trainable_only:
+            return self.model.state_dict()
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def save(self) -> None:
         if self.ckpt_path is None or self.rank != 0:
             return
         otensors, oscalars = ckpt.flatten_optimizer(self.opt)
         rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         meta = self._meta() | {"optim": oscalars}
-        ckpt.save(self.ckpt_path, {"model": self.model.state_dict(), "optim": otensors, "rng": rng}, meta)
+        ckpt.save(self.ckpt_path, {"model": self.model_state(), "optim": otensors, "rng": rng}, meta)
 
     def resume(self) -> bool:
         """Load the run's checkpoint if there is one; the model config must match. Returns True if resumed."""
@@ -142,9 +203,23 @@ class Trainer:
             diff = sorted(k for k in set(saved) | set(self.model_config) if saved.get(k) != self.model_config.get(k))
             raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: saved with another model config "
                                        f"(differs in {diff})")
-        ckpt.load_into(self.model, ckpt.load_tensors(self.ckpt_path, "model"), str(self.ckpt_path))
+        if bool(meta.get("trainable_only")) != self.trainable_only:
+            raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: it was saved with "
+                                       f"{'some' if meta.get('trainable_only') else 'no'} frozen parameters, "
+                                       f"this model has {'some' if self.trainable_only else 'none'}")
+        if self.trainable_only and meta.get("frozen") != self.frozen:
+            raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: the frozen parameters differ from those "
+                                       f"the run started with ({meta.get('frozen')} vs {self.frozen})")
+        state = ckpt.load_tensors(self.ckpt_path, "model")
+        if self.trainable_only:
+            ckpt.load_into(self.model, state, str(self.ckpt_path), only=set(self.model_state()))
+        else:
+            ckpt.load_into(self.model, state, str(self.ckpt_path))
         ckpt.unflatten_optimizer(self.opt, ckpt.load_tensors(self.ckpt_path, "optim"), meta["optim"])
-        torch.set_rng_state(ckpt.load_tensors(self.ckpt_path, "rng")["torch"])
+        rng = ckpt.load_tensors(self.ckpt_path, "rng")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.noise = meta["step"], meta.get("noise", {})
         if self.log is not None:
             self.log.truncate_after(self.step)
@@ -153,7 +228,7 @@ class Trainer:
     # ------------------------------------------------------------ one step
     def _micro_batches(self, step: int):
         for m in range(self.cfg.grad_accum):
-            yield self.data.get_batch(step, m, self.rank, self.world)
+            yield self.data.get_batch(step, m, self.rank, self.world)  # moved to the device by run_objective
 
     def train_step(self) -> dict[str, float]:
         cfg, step = self.cfg, self.step
@@ -162,26 +237,30 @@ class Trainer:
         measure = bool(cfg.noise_scale_every) and step % cfg.noise_scale_every == 0
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt.zero_grad(set_to_none=True)
-        total, metrics, micro_sq, bsz = 0.0, {}, [], 0
+        total, main, metrics, micro_sq, bsz = 0.0, 0.0, {}, [], 0
         prev = None
         for m, batch in enumerate(self._micro_batches(step)):
             bsz = next(iter(batch.values())).shape[0]
             sync = (m == cfg.grad_accum - 1) or not self.ddp
             ctx = self.wrapped.no_sync() if not sync else _null()
             with ctx:
-                out = self.objective(self.wrapped, batch)
-                (out.loss / cfg.grad_accum).backward()
-            total += float(out.loss.detach())
+                out = self.run_objective(self.wrapped, batch)
+                full = out.loss + sum(out.aux.values()) if out.aux else out.loss
+                (full / cfg.grad_accum).backward()
+            total += float(full.detach())
+            main += float(out.loss.detach())
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+            for k, v in out.aux.items():
+                metrics[f"aux_{k}"] = metrics.get(f"aux_{k}", 0.0) + float(v.detach()) / cfg.grad_accum
             if measure:  # per-micro-batch gradient g_m = accum * (grad after m - grad before m)
                 cur = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
                 diff = cur if prev is None else [c - q for c, q in zip(cur, prev)]
                 micro_sq.append(sum(float((d * cfg.grad_accum).pow(2).sum()) for d in diff))
                 prev = cur
-        loss = total / cfg.grad_accum
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"non-finite loss {loss} at step {step}; last good checkpoint kept"
+        loss = main / cfg.grad_accum
+        if not math.isfinite(total):
+            raise TrainingDiverged(f"non-finite loss {total / cfg.grad_accum} at step {step}; last good checkpoint kept"
                                    + (f" in {self.ckpt_path}" if self.ckpt_path else ""))
         if measure:
             self._update_noise(micro_sq, params, bsz)
@@ -214,7 +293,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             if i >= self.cfg.eval_batches:
                 break
-            out = self.objective(self.model, batch)
+            out = self.run_objective(self.model, batch)
             sums["loss"] = sums.get("loss", 0.0) + float(out.loss)
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -238,6 +317,8 @@ class Trainer:
                     rec |= self.evaluate()
                 if self.noise:
                     rec["b_simple"] = self.noise["b_simple"]
+                for hook in self.hooks:
+                    hook(self, rec)
                 self.history.append(rec)
                 if self.log is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps
                                              or any(k.startswith("eval_") for k in rec)):
@@ -246,6 +327,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save()
+                if self.stop:
+                    break
         bar.close()
         self.save()
         self.seconds = t.seconds
@@ -260,10 +343,17 @@ class _null:
         return False
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on GPU); (rank, world)."""
+def init_distributed(device: str = "") -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment; (rank, world).
+
+    nccl when the run's device (``device`` or $LMLAB_DEVICE) is a GPU, with this rank's GPU (LOCAL_RANK) made
+    current first; gloo otherwise, also on a machine that has GPUs but trains on the CPU.
+    """
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
         return 0, 1
+    dev = resolve_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
