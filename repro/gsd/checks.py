@@ -58,10 +58,8 @@ def compare(target: Any, decs: dict[str, Any], prompts: list[list[int]], max_new
             t["sec"] += s.seconds
             t["same"] += gen.tokens == ref.tokens
             consistent &= s.accepted + s.rounds == s.new_tokens
-            proposer = getattr(decs.get(name), "last_proposer", None)
-            if proposer is not None:
-                t["merged"] += proposer.merged_accepts
-                t["edges"] += proposer.merge_edges
+            t["merged"] += getattr(s, "merged_accepts", 0)  # GraphStats (tree, GSD)
+            t["edges"] += getattr(s, "merge_edges", 0)
     out: dict[str, float] = {f"{tag}_stats_consistent": float(consistent)}
     out[f"{tag}_identical_frac"] = min(totals[n]["same"] for n in decs) / len(prompts)
     out[f"{tag}_ar_tokens_per_s"] = totals["ar"]["new"] / totals["ar"]["sec"]
@@ -107,8 +105,9 @@ def sampling_test(target: Any, dec: Any, prompt: list[int], k: int, s: Sampling,
     counts = np.zeros(len(outcomes))
     impossible = merges = 0
     for seed in range(n):
-        out = tuple(dec.generate(target, prompt, k, seed=seed).tokens)
-        merges += getattr(getattr(dec, "last_proposer", None), "merge_edges", 0)
+        gen = dec.generate(target, prompt, k, seed=seed)
+        out = tuple(gen.tokens)
+        merges += getattr(gen.stats, "merge_edges", 0)
         if out in index:
             counts[index[out]] += 1
         else:

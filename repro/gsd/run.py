@@ -53,7 +53,7 @@ def run(cfg: dict, smoke: bool) -> dict:
     cfg = cfg | {"extra_merge_contexts": []}  # the extra GSD variants only in the tiny-pair comparison
 
     toy, toy_draft = toy_pair(cfg)
-    s = Sampling(True, cfg["dist_temperature"], cfg["dist_top_k"])
+    s = Sampling(sample=True, temperature=cfg["dist_temperature"], top_k=cfg["dist_top_k"])
     dist_cfg = cfg | {"depth": cfg["dist_depth"], "budget": cfg["dist_budget"],
                       "merge_context": cfg["dist_merge_context"]}
     for name in cfg["dist_decoders"]:

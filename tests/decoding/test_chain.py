@@ -42,7 +42,7 @@ def test_perfect_draft_accepts_everything_and_counts_draft_work(target):
 
 def test_sampling_is_seeded_and_lossless():
     model = tiny(vocab=4, dim=16, layers=1, head_std=1.0)
-    dec = ChainSpeculative(Config(depth=2, sampling=Sampling(True, temperature=0.9)), tiny(4, 16, 1, seed=5))
+    dec = ChainSpeculative(Config(depth=2, sampling=Sampling(sample=True, temperature=0.9)), tiny(4, 16, 1, seed=5))
     assert dec.generate(model, [1, 2], 8, seed=4).tokens == dec.generate(model, [1, 2], 8, seed=4).tokens
     outcomes = list(itertools.product(range(4), repeat=2))
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_bad_input(target):
     with pytest.raises(ValueError, match="draft vocabulary size 50 != target vocabulary size 48"):
         ChainSpeculative(Config(), tiny(vocab=50)).generate(target, [1], 4)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        Config(sampling=Sampling(True, temperature=0.0))
+        Config(sampling=Sampling(sample=True, temperature=0.0))
     short = tiny(vocab=48, dim=16, layers=1)
     short.cfg.max_seq_len = 8
     with pytest.raises(ValueError, match="draft's context of 8"):

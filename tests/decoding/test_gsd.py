@@ -85,8 +85,9 @@ def test_greedy_output_is_token_identical(target, prompts):
         ref = Greedy().generate(target, prompt, 24).tokens
         for draft, cfg in cases:
             dec = GraphSpeculative(cfg, draft)
-            assert dec.generate(target, prompt, 24).tokens == ref, (prompt, cfg)
-            merged += dec.last_proposer.merged_accepts
+            gen = dec.generate(target, prompt, 24)
+            assert gen.tokens == ref, (prompt, cfg)
+            merged += gen.stats.merged_accepts
     assert merged > 0  # accepted paths went through merge edges
 
 
@@ -101,7 +102,7 @@ def test_no_merging_is_token_tree_decoding(target):
 
 def test_sampling_is_lossless_with_merged_proposals():
     model = tiny(vocab=4, dim=16, layers=1, head_std=1.0)
-    s = Sampling(True, temperature=0.9, top_k=3)
+    s = Sampling(sample=True, temperature=0.9, top_k=3)
     dec = GraphSpeculative(Config(depth=2, budget=6, merge_context=0, sampling=s), tiny(4, 16, 1, seed=7))
     outcomes = list(itertools.product(range(4), repeat=2))
     with torch.no_grad():
@@ -110,9 +111,9 @@ def test_sampling_is_lossless_with_merged_proposals():
     counts = np.zeros(len(outcomes))
     merges = 0
     for seed in range(500):
-        first_two = dec.generate(model, [1, 2], 3, seed=seed).tokens[:2]  # the first round drafts 2 deep
-        counts[outcomes.index(tuple(first_two))] += 1
-        merges += dec.last_proposer.merge_edges
+        gen = dec.generate(model, [1, 2], 3, seed=seed)
+        counts[outcomes.index(tuple(gen.tokens[:2]))] += 1  # the first round drafts 2 deep
+        merges += gen.stats.merge_edges
     assert merges > 0 and chi2_p(counts, exact / exact.sum()) > 1e-3
 
 

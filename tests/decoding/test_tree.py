@@ -36,7 +36,7 @@ def test_sampling_is_lossless_end_to_end():
     """Two sampled tokens from tree SD (top-k children, residual renormalisation) follow the target's
     temperature / top-k distribution: chi-square against the exact probabilities of all 16 outcomes."""
     model = tiny(vocab=4, dim=16, layers=1, head_std=1.0)
-    s = Sampling(True, temperature=0.9, top_k=3)
+    s = Sampling(sample=True, temperature=0.9, top_k=3)
     dec = TreeSpeculative(Config(depth=2, budget=6, top_k=2, sibling_threshold=0.0, sampling=s),
                           tiny(4, 16, 1, seed=7))
     outcomes = list(itertools.product(range(4), repeat=2))

@@ -41,8 +41,8 @@ def test_greedy_walk_takes_the_matching_child_and_the_argmax_after_it():
     assert verify_greedy(logits[:1], Proposals([], [])) == ([], 1)
 
 
-@pytest.mark.parametrize("sampling", [Sampling(True), Sampling(True, temperature=0.7, top_k=3),
-                                      Sampling(True, top_p=0.8)], ids=["t1", "topk", "topp"])
+@pytest.mark.parametrize("sampling", [Sampling(sample=True), Sampling(sample=True, temperature=0.7, top_k=3),
+                                      Sampling(sample=True, top_p=0.8)], ids=["t1", "topk", "topp"])
 def test_point_proposals_emit_exact_target_samples(sampling):
     """Root children a, b, a(duplicate); a has children c, d. The first emitted token must follow p_root and
     the token after an accepted a must follow p_a, whatever the proposals are."""
@@ -69,7 +69,7 @@ def test_point_proposals_emit_exact_target_samples(sampling):
 def test_sampled_chain_rule_is_exact():
     """Leviathan et al.: x ~ q, accept w.p. min(1, p/q), else a sample of norm(max(p - q, 0))."""
     torch.manual_seed(0)
-    s = Sampling(True, temperature=0.9)
+    s = Sampling(sample=True, temperature=0.9)
     logits = torch.randn(3, V)
     q = torch.softmax(torch.randn(2, V), -1)
     gen = torch.Generator().manual_seed(2)
@@ -89,4 +89,4 @@ def test_sampled_chain_rule_is_exact():
 def test_sampled_chain_rule_needs_a_chain():
     props = Proposals([1, 2], [-1, -1], torch.full((2, V), 1 / V))
     with pytest.raises(ValueError, match="chain"):
-        verify(torch.zeros(3, V), props, Sampling(True))
+        verify(torch.zeros(3, V), props, Sampling(sample=True))

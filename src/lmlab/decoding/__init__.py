@@ -2,7 +2,10 @@
 score / verify.
 
 One registry line per method; targets are lazy "module:attr" strings, so importing this module imports no torch.
+``build(name, cfg, draft=..., overrides=[...])`` is the one way to make a decoder from its registry line.
 """
+
+from typing import Any
 
 from lmlab.core.registry import Entry, Registry
 
@@ -22,4 +25,34 @@ REGISTRY = Registry("decoding", {
     "gsd": Entry("lmlab.decoding.gsd:GraphSpeculative", paper="arXiv:2407.16207", status="experimental",
                  summary="graph-structured speculative decoding: recurring draft tokens merged into a DAG",
                  config="lmlab.decoding.gsd:Config", caps=("draft", "hf", "sampling")),
+    "masked": Entry("lmlab.decoding.masked:masked_decode", paper="arXiv:2410.14157", status="experimental",
+                    summary="iterative masked decoding for masked-diffusion models (easy-first top-k, MaskGIT)",
+                    config="lmlab.decoding.masked:Config", caps=("bidirectional",), repro="mgdm"),
 })
+
+
+def build(name: str, cfg: Any = None, *, draft: Any = None, overrides: list[str] | None = None) -> Any:
+    """The decoder ``name`` with config ``cfg`` (default: its Config()) plus ``key=value`` overrides.
+
+    A decoder tagged "draft" needs ``draft`` (a model sharing the target's vocabulary, or a layer-skip view);
+    the others refuse one. ``masked`` is a function (``masked_decode``), not an object: use it directly.
+    """
+    from lmlab.core.config import apply_overrides
+
+    entry = REGISTRY.entry(name)
+    if "bidirectional" in entry.caps:
+        raise ValueError(f"decoder {name!r} decodes masked positions of whole rows; call {entry.target} directly")
+    cls, cfg_cls = REGISTRY.get(name), REGISTRY.config(name)
+    if cfg_cls is None:
+        if cfg is not None or overrides:
+            raise ValueError(f"decoder {name!r} has no config to set")
+    else:
+        cfg = apply_overrides(cfg if cfg is not None else cfg_cls(), list(overrides or []))
+    if "draft" in entry.caps:
+        if draft is None:
+            raise ValueError(f"decoder {name!r} needs a draft model (a small model or a layer skip such as skip:odd)")
+        return cls(cfg, draft=draft)
+    if draft is not None:
+        raise ValueError(f"decoder {name!r} takes no draft model (drafts are for chain_sd, tree_sd and gsd)")
+    return cls(cfg) if cfg_cls is not None else cls()
+

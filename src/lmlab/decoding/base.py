@@ -15,7 +15,7 @@ width 1; a merged draft graph (GSD) is unrolled into a tree before it is scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -23,18 +23,27 @@ from lmlab.core.config import param
 from lmlab.core.sampling import check_sampling_args
 
 
-@dataclass
-class Sampling:
-    """How the target's next token is chosen; plain sampling and every lossless decoder share it."""
+@dataclass(kw_only=True)
+class SamplingParams:
+    """The sampling distribution: ``core.sampling.probs(logits, temperature, top_k, top_p)``."""
 
-    sample: bool = param(False, "draw tokens at random (else greedy argmax, token-identical to plain greedy)")
     temperature: float = param(1.0, "softmax temperature when sampling; must be > 0")
     top_k: int | None = param(None, "when sampling, keep only the k most likely tokens")
     top_p: float | None = param(None, "when sampling, keep the smallest set of tokens with mass >= top_p")
 
     def __post_init__(self) -> None:
+        check_sampling_args(self.temperature, self.top_k, self.top_p)
+
+
+@dataclass(kw_only=True)
+class Sampling(SamplingParams):
+    """How the target's next token is chosen; plain sampling and every lossless decoder share it."""
+
+    sample: bool = param(False, "draw tokens at random (else greedy argmax, token-identical to plain greedy)")
+
+    def __post_init__(self) -> None:
         if self.sample:
-            check_sampling_args(self.temperature, self.top_k, self.top_p)
+            super().__post_init__()
 
 
 @dataclass
@@ -78,8 +87,8 @@ class Stats:
 
 @dataclass
 class Generation:
-    tokens: list[int]  # the new tokens (the prompt is not repeated)
-    stats: Stats = field(default_factory=Stats)
+    tokens: list[int] | torch.Tensor  # the new tokens (prompt not repeated); masked decoding: the (B, L) rows
+    stats: Any = field(default_factory=Stats)  # a stats dataclass (Stats, GraphStats, MaskedStats)
 
 
 @dataclass

@@ -32,8 +32,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .base import Proposals
+from .base import Generation, Proposals, Stats
 from .drafts import DraftRunner
+from .loop import speculative_generate
 
 
 @dataclass
@@ -176,6 +177,25 @@ def flatten(g: DraftGraph, budget: int, max_depth: int) -> tuple[Proposals, list
                 heapq.heappush(heap, (neg_cum * q, order, x, idx, d + 1, real and g.nodes[x].parent == w))
                 order += 1
     return Proposals(tokens, parents), slots, copies
+
+
+@dataclass
+class GraphStats(Stats):
+    """``Stats`` plus what a draft graph did over one sequence (tree and GSD decoders)."""
+
+    graph_nodes: int = 0  # draft nodes grown, summed over rounds
+    merge_edges: int = 0  # edges into an existing node (GSD merges), summed over rounds
+    merged_accepts: int = 0  # rounds whose accepted path went through a merge edge (official "graph_success")
+
+
+def graph_generate(target: Any, proposer: GraphProposer, prompt: Any, max_new_tokens: int, shape: Any,
+                   seed: int | None, eos_id: int | None) -> Generation:
+    """``speculative_generate`` with a graph proposer; the stats gain the graph counts (``GraphStats``)."""
+    gen = speculative_generate(target, proposer, prompt, max_new_tokens, shape.depth, shape.budget, shape.sampling,
+                               seed, eos_id)
+    gen.stats = GraphStats(**vars(gen.stats), graph_nodes=proposer.graph_nodes, merge_edges=proposer.merge_edges,
+                           merged_accepts=proposer.merged_accepts)
+    return gen
 
 
 class GraphProposer:

@@ -40,8 +40,8 @@ import torch
 from lmlab.core.config import param
 
 from .base import Generation
-from .graph import DraftGraph, GraphProposer
-from .loop import DraftDecoder, check_draft, speculative_generate
+from .graph import DraftGraph, GraphProposer, graph_generate
+from .loop import DraftDecoder, check_draft
 from .tree import Config as TreeConfig
 
 
@@ -87,7 +87,4 @@ class GraphSpeculative(DraftDecoder):
         check_draft(model, self.draft)
         c = self.cfg
         merge = (lambda: ContextMergeIndex(c.merge_context)) if c.merge_context >= 0 else None
-        proposer = GraphProposer(self.draft, c, merge)
-        self.last_proposer = proposer  # graph_nodes, merge_edges, merged_accepts of the last call
-        return speculative_generate(model, proposer, prompt, max_new_tokens, c.depth, c.budget, c.sampling,
-                                    seed, eos_id)
+        return graph_generate(model, GraphProposer(self.draft, c, merge), prompt, max_new_tokens, c, seed, eos_id)

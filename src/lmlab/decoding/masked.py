@@ -41,6 +41,8 @@ import torch
 
 from lmlab.core.config import param
 
+from .base import Generation
+
 SCHEDULES = ("linear", "cosine")
 ORDERS = ("topk", "random")
 
@@ -68,10 +70,6 @@ class MaskedStats:
     remasked: int  # previously revealed tokens masked again (0 when remask=False)
 
 
-@dataclass
-class MaskedGeneration:
-    tokens: torch.Tensor  # (B, L) the decoded sequences, givens unchanged
-    stats: MaskedStats
 
 
 def check_config(cfg: Config) -> None:
@@ -102,8 +100,10 @@ def gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.d
 @torch.no_grad()
 def masked_decode(model: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, maskable: torch.Tensor,
                   mask_id: int, cfg: Config | None = None,
-                  generator: torch.Generator | None = None) -> MaskedGeneration:
+                  generator: torch.Generator | None = None) -> Generation:
     """Decode the ``maskable`` positions of ``ids`` (B, L); the others are kept as given.
+
+    Returns ``Generation(tokens (B, L) with the givens unchanged, MaskedStats)``.
 
     ``maskable`` (B, L) bool; its positions' input values are ignored (they start as <mask>).
     """
@@ -142,4 +142,4 @@ def masked_decode(model: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tens
         remask = (rank < keep_masked[:, None]) & update  # (B, L)
         remasked += int((remask & was_revealed).sum())
         x = x.masked_fill(remask, mask_id)
-    return MaskedGeneration(x, MaskedStats(model_calls=T, steps=T, tokens=int(N.sum()), remasked=remasked))
+    return Generation(x, MaskedStats(model_calls=T, steps=T, tokens=int(N.sum()), remasked=remasked))

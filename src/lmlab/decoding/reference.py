@@ -13,23 +13,16 @@ then one single-token forward pass per new token.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lmlab.core.config import param
 from lmlab.core.sampling import make_generator, probs, sample
 
-from .base import Generation, Sampling, Stats
+from .base import Generation, Sampling, SamplingParams, Stats
 from .loop import check_request, new_cache
 
-
-@dataclass
-class Config:
-    temperature: float = param(1.0, "softmax temperature; must be > 0")
-    top_k: int | None = param(None, "keep only the k most likely tokens")
-    top_p: float | None = param(None, "keep the smallest set of tokens with mass >= top_p")
+Config = SamplingParams  # the distribution ``Sample`` draws from (temperature, top_k, top_p)
 
 
 @torch.no_grad()
@@ -62,7 +55,11 @@ def autoregressive(model: Any, prompt: list[int] | torch.Tensor, max_new_tokens:
 
 
 class Greedy:
-    """Plain greedy decoding (argmax at every step)."""
+    """Plain greedy decoding (argmax at every step). It has no config; ``cfg`` must be None."""
+
+    def __init__(self, cfg: None = None):
+        if cfg is not None:
+            raise ValueError(f"greedy decoding takes no config, got {cfg!r}")
 
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:
@@ -72,9 +69,10 @@ class Greedy:
 class Sample:
     """Plain ancestral sampling from ``core.sampling.probs(logits, temperature, top_k, top_p)``."""
 
-    def __init__(self, cfg: Config | None = None):
-        self.cfg = cfg or Config()
-        self.sampling = Sampling(True, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)  # validates
+    def __init__(self, cfg: SamplingParams | None = None):
+        self.cfg = cfg or SamplingParams()
+        self.sampling = Sampling(sample=True, temperature=self.cfg.temperature, top_k=self.cfg.top_k,
+                                 top_p=self.cfg.top_p)
 
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:

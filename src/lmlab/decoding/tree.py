@@ -29,8 +29,8 @@ import torch
 from lmlab.core.config import param
 
 from .base import Generation, Sampling
-from .graph import GraphProposer
-from .loop import DraftDecoder, check_draft, check_positive, speculative_generate
+from .graph import GraphProposer, graph_generate
+from .loop import DraftDecoder, check_draft, check_positive
 
 
 @dataclass
@@ -65,8 +65,5 @@ class TreeSpeculative(DraftDecoder):
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:
         check_draft(model, self.draft)
-        c = self.cfg
-        proposer = GraphProposer(self.draft, c)
-        self.last_proposer = proposer  # graph_nodes, merge_edges, merged_accepts of the last call
-        return speculative_generate(model, proposer, prompt, max_new_tokens, c.depth, c.budget, c.sampling,
-                                    seed, eos_id)
+        return graph_generate(model, GraphProposer(self.draft, self.cfg), prompt, max_new_tokens, self.cfg, seed,
+                              eos_id)
