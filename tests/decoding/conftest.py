@@ -37,7 +37,11 @@ class Bigram(nn.Module):
     def __init__(self, table: torch.Tensor):
         super().__init__()
         self.table = nn.Parameter(table, requires_grad=False)  # (V, V) logits
-        self.cfg = TransformerConfig(vocab_size=table.shape[0], dim=8, n_layers=1, n_heads=1, max_seq_len=512)
+        self.vocab_size, self.max_seq_len, self.n_layers = table.shape[0], 512, 1  # the core.lm.LM surface
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         return KVCache(1, batch, 1, 1, max_len or 512, dtype=self.table.dtype)

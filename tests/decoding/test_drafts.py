@@ -67,7 +67,8 @@ def test_layer_skip_on_lmlab_transformer(target):
     draft = layer_skip(target, [1])
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(draft(ids), target(ids, layers=[0, 2]))
-    assert draft.cfg is target.cfg and next(draft.parameters()) is next(target.parameters())
+    assert draft.n_layers == 2 and draft.vocab_size == target.vocab_size
+    assert next(draft.parameters()) is next(target.parameters())
     with pytest.raises(ValueError, match="removes all 3 layers"):
         layer_skip(target, [0, 1, 2])
     with pytest.raises(ValueError, match=r"\[7\].*0\.\.2"):

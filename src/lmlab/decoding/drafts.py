@@ -40,7 +40,11 @@ class SkipLayers(nn.Module):
     def __init__(self, model: nn.Module, kept: list[int]):
         super().__init__()
         self.model, self.kept = model, list(kept)
-        self.cfg = model.cfg
+        self.vocab_size, self.max_seq_len, self.n_layers = model.vocab_size, model.max_seq_len, len(self.kept)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> Any:
         return self.model.new_cache(batch, max_len)
@@ -67,10 +71,15 @@ class SubVocabDraft(nn.Module):
         if n == 0 or len(set(token_ids)) != n or int(ids.min()) < 0 or int(ids.max()) >= full_vocab:
             raise ValueError(f"token_ids must be distinct ids in [0, {full_vocab}), got {n} ids")
         self.model, self.vocab_size, self.max_seq_len = model, full_vocab, context_length(model)
+        self.n_layers = model.n_layers
         to_sub = torch.full((full_vocab,), n, dtype=torch.long)  # unknown by default
         to_sub[ids] = torch.arange(n)
         self.register_buffer("ids", ids, persistent=False)  # (N,)
         self.register_buffer("to_sub", to_sub, persistent=False)  # (V,)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> Any:
         return self.model.new_cache(batch, max_len)
@@ -81,11 +90,6 @@ class SubVocabDraft(nn.Module):
         out = sub.new_full((*ids.shape, self.vocab_size), float("-inf"))  # (B, T, V)
         out[..., self.ids] = sub[..., :-1]
         return out
-
-
-def _n_layers(model: Any) -> int:
-    cfg = getattr(model, "cfg", None)
-    return int(cfg.n_layers) if cfg is not None else int(model.n_layers)
 
 
 def _hf_view(hf: Any, kept: list[int]) -> nn.Module:
@@ -123,7 +127,7 @@ def _hf_view(hf: Any, kept: list[int]) -> nn.Module:
 
 def layer_skip(model: Any, skip: list[int]) -> nn.Module:
     """The model with layers ``skip`` removed, as a draft model that shares the target's weights."""
-    n = _n_layers(model)
+    n = model.n_layers
     skip = sorted(set(int(i) for i in skip))
     bad = [i for i in skip if not 0 <= i < n]
     if bad:
@@ -131,10 +135,11 @@ def layer_skip(model: Any, skip: list[int]) -> nn.Module:
     kept = [i for i in range(n) if i not in skip]
     if not kept:
         raise ValueError(f"layer skip {skip} removes all {n} layers; keep at least one")
-    if hasattr(model, "cfg"):
-        return SkipLayers(model, kept)
     from lmlab.core.hf import HFCausalLM
+    from lmlab.core.transformer import Transformer
 
+    if isinstance(model, Transformer):
+        return SkipLayers(model, kept)
     if not isinstance(model, HFCausalLM):
         raise TypeError(f"layer skipping needs a Transformer or an HFCausalLM, got {type(model).__name__}")
     return HFCausalLM(_hf_view(model.model, kept))
@@ -164,7 +169,7 @@ class DraftRunner:
 
     def __init__(self, model: Any):
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = model.device
         self.calls = self.tokens = 0
 
     def begin(self, max_len: int, needed: int) -> None:

@@ -1,7 +1,7 @@
 """The one speculative generation loop: propose -> score -> verify -> commit, for any proposer and any model.
 
-A model is anything with ``forward(ids, *, cache, positions, mask) -> logits (B, T, V)`` and
-``new_cache(batch, max_len)`` returning a cache with ``length``, ``truncate(n)`` and ``gather(index)``: the
+A model is a ``core.lm.LM``: ``forward(ids, *, cache, positions, mask) -> logits (B, T, V)`` and
+``new_cache(batch, max_len)`` returning a ``core.lm.Cache`` (``length``, ``truncate(n)``, ``gather(index)``): the
 lmlab ``Transformer`` (``core.kv_cache.KVCache``) and Hugging Face models wrapped by ``core.hf.HFCausalLM``.
 
 Target cache invariant: at the start of a round it holds every committed token except the last one (the root).
@@ -18,30 +18,21 @@ from typing import Any
 import torch
 
 from lmlab.core import masks
+from lmlab.core.lm import LM, require_lm
 from lmlab.core.sampling import make_generator
 
 from .base import Generation, Proposals, Proposer, Sampling, Stats
 from .verify import verify
 
 
-def vocab_size(model: Any) -> int:
-    """Output vocabulary of an lmlab Transformer (``cfg.vocab_size``) or an ``HFCausalLM``."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "vocab_size"):
-        return int(cfg.vocab_size)
-    if hasattr(model, "vocab_size"):
-        return int(model.vocab_size)
-    raise TypeError(f"cannot tell the vocabulary size of {type(model).__name__}")
+def vocab_size(model: LM) -> int:
+    """Output vocabulary of an LM (``core.lm.LM``: a Transformer, an HFCausalLM, a draft view)."""
+    return int(require_lm(model, "decoding").vocab_size)
 
 
-def context_length(model: Any) -> int:
-    """Longest sequence the model accepts (``cfg.max_seq_len`` or ``max_seq_len``)."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "max_seq_len"):
-        return int(cfg.max_seq_len)
-    if hasattr(model, "max_seq_len"):
-        return int(model.max_seq_len)
-    raise TypeError(f"cannot tell the context length of {type(model).__name__}")
+def context_length(model: LM) -> int:
+    """Longest sequence the LM accepts."""
+    return int(require_lm(model, "decoding").max_seq_len)
 
 
 def check_request(model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int) -> list[int]:
@@ -95,7 +86,7 @@ def check_positive(owner: str, **values: int) -> None:
 def score(target: Any, cache: Any, root: int, props: Proposals) -> torch.Tensor:
     """Target logits (1 + N, V) at [root] + the N draft nodes; appends their 1 + N entries to ``cache``."""
     L, N = cache.length, len(props)
-    device = next(target.parameters()).device
+    device = target.device
     ids = torch.tensor([[root, *props.tokens]], device=device)  # (1, 1+N)
     if N == 0:
         return target(ids, cache=cache)[0]
@@ -138,7 +129,7 @@ def speculative_generate(target: Any, proposer: Proposer, prompt: list[int] | to
     P = len(prompt)
     max_len = P + max_new_tokens + budget + depth + 2
     cache = new_cache(target, max_len)
-    device = next(target.parameters()).device
+    device = target.device
     if P > 1:  # the last prompt token is the first round's root
         target(torch.tensor([prompt[:-1]], device=device), cache=cache)
         stats.target_calls += 1

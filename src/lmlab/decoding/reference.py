@@ -32,7 +32,7 @@ def autoregressive(model: Any, prompt: list[int] | torch.Tensor, max_new_tokens:
     t0 = time.perf_counter()
     prompt = check_request(model, prompt, max_new_tokens)
     gen = make_generator(seed)
-    device = next(model.parameters()).device
+    device = model.device
     cache = new_cache(model, len(prompt) + max_new_tokens)
     stats = Stats(target_calls=1, target_tokens=len(prompt))
     logits = model(torch.tensor([prompt], device=device), cache=cache)[0, -1]  # (V,)
