@@ -128,15 +128,17 @@ def test_bad_input_errors_name_the_problem(tmp_path):
         law.fit({"x": [1, 2, 3], "y": [1, -2, 3]})
     with pytest.raises(ValueError, match="2 parameters .* only 1 points"):
         law.fit({"x": [1.0], "y": [2.0]})
-    with pytest.raises(ValueError, match="must be numeric, got 'abc'"):
+    with pytest.raises(ValueError, match="column 'x' must be numeric, got 'abc' at row 3$"):
         law.fit({"x": [1, 2, "abc"], "y": [1, 2, 3]})
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="column 'x' has a non-finite value nan at row 3$"):
         law.fit({"x": [1, 2, float("nan")], "y": [1, 2, 3]})
+    with pytest.raises(ValueError, match="column 'x' has an empty value at row 2$"):
+        law.fit([{"x": 1, "y": 1}, {"x": None, "y": 2}, {"x": 3, "y": 3}])
     with pytest.raises(ValueError, match="different lengths"):
         as_columns({"x": [1, 2], "y": [1]})
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n3\n")
-    with pytest.raises(ValueError, match="row 3 has 1 fields"):
+    with pytest.raises(ValueError, match=r"bad.csv: line 3 has 1 fields, the header \(line 1\) has 2"):
         read_table(bad)
     missing = tmp_path / "m.csv"
     missing.write_text("x,z\n1,2\n2,3\n")
@@ -150,3 +152,4 @@ def test_bad_input_errors_name_the_problem(tmp_path):
         Param("a", 0.0, 1.0, log=True)
     with pytest.raises(ValueError, match="residual"):
         Law("q", lambda x, a: a * x, (Param("a", 0, 1),), x=("x",), y="y", residual="sqrt")
+
