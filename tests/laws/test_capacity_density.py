@@ -118,6 +118,6 @@ def test_densing_table_errors():
         densing_points({"days": [0.0, float("nan"), 9.0], "density": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="column 'date' at row 2: expected an ISO date"):
         densing_points({"date": ["2023-01-01", "Jan 2024"], "density": [1.0, 2.0]})
-    with pytest.raises(ValueError, match="2 parameters .* only 1 points"):
+    with pytest.raises(ValueError, match="2 parameters .* the 1 points have 1 distinct 'days' values"):
         densing_fit({"date": ["2023-01-01", "2023-02-01"], "density": [2.0, 1.0]}, Config(n_boot=0))
     assert math.isclose(densing_points({"days": [0, 5], "density": [1.0, 2.0]}, "all")["days"][1], 5.0)

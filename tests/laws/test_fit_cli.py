@@ -82,6 +82,15 @@ def lmlab_fit(*argv: str) -> int:
     return main(["fit", *argv])
 
 
+def test_identical_rows_are_refused_instead_of_a_zero_width_interval(tmp_path, capsys):
+    same = tmp_path / "same.csv"
+    same.write_text("compute,batch\n1e18,100\n1e18,100\n1e18,100\n")
+    assert lmlab_fit("--law", "batch_compute", str(same), "--n-boot", "20") == 2
+    err = capsys.readouterr().err
+    assert "law 'batch_compute' has 2 parameters (k, e) but the 3 points have 1 distinct 'compute' values" in err
+    assert "CI" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("cell, problem", [("", "has an empty value"), ("nan", "has a non-finite value nan")])
 def test_a_missing_day_names_the_column_and_the_line(tmp_path, capsys, cell, problem):
     table = tmp_path / "models.csv"

@@ -21,7 +21,8 @@ Points are a dict of columns, a list of records, or a CSV/JSON file (``read_tabl
 also fixes how rows are named in errors: the file line, or the 1-based row of in-memory points). A law may
 ``prepare`` raw columns (parse dates, select an envelope) before they are checked. Bad input raises ValueError
 naming the problem: missing columns, empty, non-numeric or non-finite values (with their row), non-positive
-values where logs are taken, fewer points than parameters.
+values where logs are taken, fewer distinct inputs (x values, or x tuples of a multi-input law) than
+parameters. Bootstrap resamples with fewer distinct inputs than parameters are skipped for the same reason.
 
     law = power_law("bopt", x="compute", y="batch")              # y = k * x^e
     fit = law.fit("runs.csv", n_boot=500)
@@ -143,10 +144,17 @@ class Law:
             cols = self.prepare(cols)
         out = self._checked(cols, [*self.x, self.y])
         n, k = len(out[self.y]), len(self.params)
-        if n < k:
-            raise ValueError(f"law {self.name!r} has {k} parameters ({', '.join(self.names)}) but only {n} "
-                             f"points: need at least {k}")
+        distinct = int(np.max(self.x_groups(out), initial=-1)) + 1
+        if distinct < k:
+            what = f"{self.x[0]!r} values" if len(self.x) == 1 else f"{self.x} combinations"
+            raise ValueError(f"law {self.name!r} has {k} parameters ({', '.join(self.names)}) but the {n} points "
+                             f"have {distinct} distinct {what}: need at least {k}")
         return out
+
+    def x_groups(self, cols: Columns) -> np.ndarray:
+        """(n,) integer id of every point's input value (its x tuple for a multi-input law), 0..distinct-1."""
+        X = np.stack([cols[c] for c in self.x], axis=1)  # (n, len(x))
+        return np.unique(X, axis=0, return_inverse=True)[1].reshape(-1)
 
     # ------------------------------------------------------------ model and objective
     def evaluate_many(self, X: Sequence[np.ndarray], thetas: np.ndarray) -> np.ndarray:
@@ -217,10 +225,10 @@ class Law:
         with one_blas_thread():
             best = self._minimize(X, y, self.starts(X, y, d, refine=refine, seed=seed), d)
             rng = np.random.default_rng(seed)
-            draws, n, k = [], len(y), len(self.params)
+            draws, n, k, groups = [], len(y), len(self.params), self.x_groups(data)
             for _ in range(n_boot):
                 idx = rng.integers(0, n, n)
-                if len(np.unique(idx)) < k:
+                if len(np.unique(groups[idx])) < k:  # too few distinct x values to pin the law down
                     continue
                 res = self._minimize([x[idx] for x in X], y[idx], best.x[None, :], d)
                 draws.append([p.from_z(v) for p, v in zip(self.params, res.x)])
