@@ -126,17 +126,19 @@ def test_bad_input_errors_name_the_problem(tmp_path):
         law.fit({"x": [1, 0, 3], "y": [1, 2, 3]})
     with pytest.raises(ValueError, match="column 'y' must be > 0"):
         law.fit({"x": [1, 2, 3], "y": [1, -2, 3]})
-    with pytest.raises(ValueError, match="2 parameters .* only 1 points"):
+    with pytest.raises(ValueError, match="2 parameters .* the 1 points have 1 distinct 'x' values"):
         law.fit({"x": [1.0], "y": [2.0]})
-    with pytest.raises(ValueError, match="must be numeric, got 'abc'"):
+    with pytest.raises(ValueError, match="column 'x' must be numeric, got 'abc' at row 3$"):
         law.fit({"x": [1, 2, "abc"], "y": [1, 2, 3]})
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="column 'x' has a non-finite value nan at row 3$"):
         law.fit({"x": [1, 2, float("nan")], "y": [1, 2, 3]})
+    with pytest.raises(ValueError, match="column 'x' has an empty value at row 2$"):
+        law.fit([{"x": 1, "y": 1}, {"x": None, "y": 2}, {"x": 3, "y": 3}])
     with pytest.raises(ValueError, match="different lengths"):
         as_columns({"x": [1, 2], "y": [1]})
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n3\n")
-    with pytest.raises(ValueError, match="row 3 has 1 fields"):
+    with pytest.raises(ValueError, match=r"bad.csv: line 3 has 1 fields, the header \(line 1\) has 2"):
         read_table(bad)
     missing = tmp_path / "m.csv"
     missing.write_text("x,z\n1,2\n2,3\n")
@@ -150,3 +152,28 @@ def test_bad_input_errors_name_the_problem(tmp_path):
         Param("a", 0.0, 1.0, log=True)
     with pytest.raises(ValueError, match="residual"):
         Law("q", lambda x, a: a * x, (Param("a", 0, 1),), x=("x",), y="y", residual="sqrt")
+
+
+def test_fewer_distinct_inputs_than_parameters_is_refused():
+    law = power_law("p", "x", "y")
+    with pytest.raises(ValueError, match=r"law 'p' has 2 parameters \(k, e\) but the 3 points have 1 distinct "
+                                         r"'x' values: need at least 2"):
+        law.fit({"x": [1e18, 1e18, 1e18], "y": [100.0, 100.0, 100.0]})
+    n, d = [1e6, 1e6, 1e7, 1e7, 1e8, 1e8], [1e9, 1e9, 1e9, 1e9, 1e10, 1e10]  # 3 distinct (N, D) pairs
+    with pytest.raises(ValueError, match=r"4 parameters .* the 6 points have 3 distinct \('N', 'D'\) combinations"):
+        chinchilla_like().fit({"N": n, "D": d, "loss": [3.0, 3.1, 2.9, 2.8, 2.5, 2.6]})
+    # distinct values of one input are not enough: the (N, D) tuples count
+    fit = chinchilla_like().fit({"N": n[:4] + [1e8, 1e9], "D": d, "loss": [3.0, 3.1, 2.9, 2.8, 2.5, 2.4]},
+                                n_boot=0)
+    assert len(fit.residuals) == 6
+
+
+def test_bootstrap_skips_resamples_with_fewer_distinct_inputs_than_parameters():
+    x = np.array([1.0, 1.0, 1.0, 1.0, 10.0, 30.0])  # many resamples draw only x = 1 rows
+    y = 2.0 * x ** 0.5 * np.array([1.0, 1.1, 0.9, 1.05, 1.0, 1.0])
+    fit = power_law("p", "x", "y").fit({"x": x, "y": y}, n_boot=200, seed=3)
+    rng, usable = np.random.default_rng(3), 0
+    for _ in range(200):
+        usable += len(np.unique(x[rng.integers(0, 6, 6)])) >= 2
+    assert usable < 190  # the data do produce unusable resamples
+    assert len(fit.boot) == usable

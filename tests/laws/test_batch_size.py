@@ -83,6 +83,18 @@ def test_optimal_batch_is_the_parabola_vertex_and_flags_edges():
         optimal_batch([{"tokens": 1, "batch": 2}])
 
 
+def test_optimal_batch_refuses_a_missing_loss_naming_the_line(tmp_path):
+    sweep = tmp_path / "sweep.csv"
+    sweep.write_text("tokens,batch,loss\n1e6,8,3.1\n1e6,16,\n1e6,32,3.0\n")  # a run that never finished
+    with pytest.raises(ValueError, match=r"sweep table: column 'loss' has an empty value at line 3 of .*sweep.csv"):
+        optimal_batch(sweep)
+    sweep.write_text("tokens,batch,loss\n1e6,8,3.1\n1e6,16,nan\n1e6,32,3.0\n")  # argmin would pick the NaN
+    with pytest.raises(ValueError, match=r"column 'loss' has a non-finite value nan at line 3"):
+        optimal_batch(sweep)
+    with pytest.raises(ValueError, match=r"batch sizes must be > 0 .* got 0.0 at row 2"):
+        optimal_batch({"tokens": [1e6, 1e6], "batch": [8, 0], "loss": [3.0, 3.1]})
+
+
 def test_reference_exponents_are_consistent_and_scale_batch():
     ref = REFERENCE["shuai2024"]
     assert ref["S_opt~C"] + ref["B_opt~C"] == pytest.approx(ref["D_opt~C"])  # D = B * S

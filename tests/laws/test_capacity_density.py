@@ -112,10 +112,12 @@ def test_fit_reference_from_synthetic_runs_and_save_load(tmp_path):
 def test_densing_table_errors():
     with pytest.raises(ValueError, match="needs columns 'density' and 'date'"):
         densing_points({"model": ["a", "b"], "density": [1.0, 2.0]})
-    with pytest.raises(ValueError, match="must be finite and > 0"):
+    with pytest.raises(ValueError, match="column 'density' must be > 0 .* got 0.0 at row 2$"):
         densing_points({"date": ["2023-01-01", "2023-02-01"], "density": [1.0, 0.0]})
-    with pytest.raises(ValueError, match="ISO date"):
+    with pytest.raises(ValueError, match="column 'days' has a non-finite value nan at row 2$"):
+        densing_points({"days": [0.0, float("nan"), 9.0], "density": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="column 'date' at row 2: expected an ISO date"):
         densing_points({"date": ["2023-01-01", "Jan 2024"], "density": [1.0, 2.0]})
-    with pytest.raises(ValueError, match="2 parameters .* only 1 points"):
+    with pytest.raises(ValueError, match="2 parameters .* the 1 points have 1 distinct 'days' values"):
         densing_fit({"date": ["2023-01-01", "2023-02-01"], "density": [2.0, 1.0]}, Config(n_boot=0))
     assert math.isclose(densing_points({"days": [0, 5], "density": [1.0, 2.0]}, "all")["days"][1], 5.0)

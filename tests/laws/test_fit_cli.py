@@ -74,3 +74,51 @@ def test_power_laws_are_recovered_from_a_csv_and_plotted(tmp_path, capsys, law, 
     lo, hi = rec["ci"]["e"]
     assert lo <= rec["params"]["e"] <= hi
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def lmlab_fit(*argv: str) -> int:
+    from lmlab.cli.main import main
+
+    return main(["fit", *argv])
+
+
+def test_identical_rows_are_refused_instead_of_a_zero_width_interval(tmp_path, capsys):
+    same = tmp_path / "same.csv"
+    same.write_text("compute,batch\n1e18,100\n1e18,100\n1e18,100\n")
+    assert lmlab_fit("--law", "batch_compute", str(same), "--n-boot", "20") == 2
+    err = capsys.readouterr().err
+    assert "law 'batch_compute' has 2 parameters (k, e) but the 3 points have 1 distinct 'compute' values" in err
+    assert "CI" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell, problem", [("", "has an empty value"), ("nan", "has a non-finite value nan")])
+def test_a_missing_day_names_the_column_and_the_line(tmp_path, capsys, cell, problem):
+    table = tmp_path / "models.csv"
+    table.write_text(f"# densities\ndays,density\n10,1.0\n{cell},2.0\n40,3.0\n")
+    assert lmlab_fit("--law", "densing", str(table), "--n-boot", "20") == 2
+    assert f"column 'days' {problem} at line 4 of {table}" in capsys.readouterr().err
+
+
+def test_a_bad_date_names_the_line(tmp_path):
+    table = tmp_path / "models.csv"
+    table.write_text("model,date,density\na,2023-05-01,1.0\nb,May 2023,2.0\n")
+    with pytest.raises(ValueError, match=r"column 'date' at line 3 of .*models.csv: expected an ISO date"):
+        call("--law", "densing", str(table))
+
+
+def test_bom_csv_is_fitted(tmp_path, capsys):
+    table = tmp_path / "excel.csv"
+    table.write_bytes("\ufeffcompute,batch\n1e18,100\n1e19,126\n1e20,158\n".encode())
+    assert lmlab_fit("--law", "batch_compute", str(table), "--n-boot", "20") == 0
+    assert "n=3" in capsys.readouterr().out
+
+
+def test_binary_and_broken_json_files_name_the_file(tmp_path, capsys):
+    binary = tmp_path / "runs.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert lmlab_fit("--law", "batch_compute", str(binary)) == 2
+    assert f"{binary}: not a UTF-8 text file" in capsys.readouterr().err
+    broken = tmp_path / "runs.json"
+    broken.write_text('{"compute": [1e18, 1e19],\n "batch": [100 120]}')
+    assert lmlab_fit("--law", "batch_compute", str(broken)) == 2
+    assert f"{broken}: not valid JSON at line 2, column 16" in capsys.readouterr().err

@@ -62,5 +62,5 @@ def test_bad_input():
         S.compare({"tokens": -D, "activation_ratio": np.full(D.size, 0.5)})
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         S.compare({"tokens": D, "activation_ratio": np.full(D.size, 1.5)})
-    with pytest.raises(ValueError, match="only 3 points"):
+    with pytest.raises(ValueError, match="4 parameters .* the 3 points have 3 distinct 'tokens' values"):
         S.relu_law().fit({"tokens": D[:3], "activation_ratio": np.full(3, 0.5)})

@@ -17,10 +17,12 @@ App. D.2; Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", ar
   best fit), percentile interval of every parameter and of every derived quantity (e.g. a doubling time);
 - R^2 in the space of the residuals (of ln y for log residuals), the number papers quote for log-linear laws.
 
-Points are a dict of columns, a list of records, or a CSV/JSON file (``read_table``; CSV lines starting
-with '#' are comments). A law may ``prepare`` raw columns (parse dates, select an envelope) before they are
-checked. Bad input raises ValueError naming the problem: missing columns, non-numeric or non-finite values,
-non-positive values where logs are taken, fewer points than parameters.
+Points are a dict of columns, a list of records, or a CSV/JSON file (``read_table`` in ``laws.table``, which
+also fixes how rows are named in errors: the file line, or the 1-based row of in-memory points). A law may
+``prepare`` raw columns (parse dates, select an envelope) before they are checked. Bad input raises ValueError
+naming the problem: missing columns, empty, non-numeric or non-finite values (with their row), non-positive
+values where logs are taken, fewer distinct inputs (x values, or x tuples of a multi-input law) than
+parameters. Bootstrap resamples with fewer distinct inputs than parameters are skipped for the same reason.
 
     law = power_law("bopt", x="compute", y="batch")              # y = k * x^e
     fit = law.fit("runs.csv", n_boot=500)
@@ -30,10 +32,7 @@ non-positive values where logs are taken, fewer points than parameters.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-Columns = dict[str, np.ndarray]
+from lmlab.laws.table import Columns, as_columns, number_column, where
+from lmlab.laws.table import read_table as read_table  # re-exported: the family's one table reader
 
 
 @dataclass(frozen=True)
@@ -76,57 +76,6 @@ class Param:
 
     def from_z(self, z: float) -> float:
         return math.exp(z) if self.log else z
-
-
-def read_table(path: str | Path) -> Columns:
-    """Columns of a CSV (header row; '#' lines are comments) or JSON file (list of records or dict of lists).
-    A column whose values all parse as numbers becomes a float array, any other column a string array."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        if isinstance(data, Mapping) and "points" in data:
-            data = data["points"]
-        return as_columns(data)
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    rows = list(csv.reader(io.StringIO("\n".join(lines))))
-    if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    for i, r in enumerate(rows[1:], start=2):
-        if len(r) != len(header):
-            raise ValueError(f"{path}: data row {i} has {len(r)} fields, the header has {len(header)}")
-    return as_columns({h: [r[j].strip() for r in rows[1:]] for j, h in enumerate(header)})
-
-
-def _column(values: Sequence[Any]) -> np.ndarray:
-    try:
-        return np.asarray([float(v) for v in values], dtype=float)
-    except (TypeError, ValueError):
-        return np.asarray([str(v) for v in values])
-
-
-def as_columns(points: Any) -> Columns:
-    """Normalise a dict of columns, a list of records, or a file path into a dict of 1-D arrays."""
-    if isinstance(points, (str, Path)):
-        return read_table(points)
-    if isinstance(points, Mapping):
-        cols = {str(k): _column(np.atleast_1d(np.asarray(v)).tolist()) for k, v in points.items()}
-    elif isinstance(points, Sequence) and all(isinstance(r, Mapping) for r in points):
-        keys = list(dict.fromkeys(k for r in points for k in r))
-        missing = [(i, k) for i, r in enumerate(points) for k in keys if k not in r]
-        if missing:
-            raise ValueError(f"record {missing[0][0]} lacks key {missing[0][1]!r}; every record needs {keys}")
-        cols = {str(k): _column([r[k] for r in points]) for k in keys}
-    else:
-        raise ValueError(f"points must be a dict of columns, a list of records or a file path, got "
-                         f"{type(points).__name__}")
-    sizes = {len(v) for v in cols.values()}
-    if len(sizes) > 1:
-        raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in cols.items()} }")
-    return cols
 
 
 def one_blas_thread() -> contextlib.AbstractContextManager:
@@ -179,19 +128,12 @@ class Law:
                              f"(got {sorted(cols)})")
         out = {}
         for c in needed:
-            v = cols[c]
-            if v.dtype.kind not in "fiu":
-                bad = str(next(s for s in v if _column([s]).dtype.kind not in "fiu"))
-                raise ValueError(f"law {self.name!r}: column {c!r} must be numeric, got {bad!r}")
-            v = v.astype(float)
-            if not np.all(np.isfinite(v)):
-                i = int(np.flatnonzero(~np.isfinite(v))[0])
-                raise ValueError(f"law {self.name!r}: column {c!r} has a non-finite value {v[i]} at row {i}")
+            v = number_column(cols, c, f"law {self.name!r}: ")
             must_be_positive = c in self.positive or (c == self.y and self.residual == "log")
             if must_be_positive and np.any(v <= 0):
                 i = int(np.flatnonzero(v <= 0)[0])
                 raise ValueError(f"law {self.name!r}: column {c!r} must be > 0 (its log is taken), "
-                                 f"got {v[i]} at row {i}")
+                                 f"got {v[i]} at {where(cols, i, c)}")
             out[c] = v
         return out
 
@@ -202,10 +144,17 @@ class Law:
             cols = self.prepare(cols)
         out = self._checked(cols, [*self.x, self.y])
         n, k = len(out[self.y]), len(self.params)
-        if n < k:
-            raise ValueError(f"law {self.name!r} has {k} parameters ({', '.join(self.names)}) but only {n} "
-                             f"points: need at least {k}")
+        distinct = int(np.max(self.x_groups(out), initial=-1)) + 1
+        if distinct < k:
+            what = f"{self.x[0]!r} values" if len(self.x) == 1 else f"{self.x} combinations"
+            raise ValueError(f"law {self.name!r} has {k} parameters ({', '.join(self.names)}) but the {n} points "
+                             f"have {distinct} distinct {what}: need at least {k}")
         return out
+
+    def x_groups(self, cols: Columns) -> np.ndarray:
+        """(n,) integer id of every point's input value (its x tuple for a multi-input law), 0..distinct-1."""
+        X = np.stack([cols[c] for c in self.x], axis=1)  # (n, len(x))
+        return np.unique(X, axis=0, return_inverse=True)[1].reshape(-1)
 
     # ------------------------------------------------------------ model and objective
     def evaluate_many(self, X: Sequence[np.ndarray], thetas: np.ndarray) -> np.ndarray:
@@ -276,10 +225,10 @@ class Law:
         with one_blas_thread():
             best = self._minimize(X, y, self.starts(X, y, d, refine=refine, seed=seed), d)
             rng = np.random.default_rng(seed)
-            draws, n, k = [], len(y), len(self.params)
+            draws, n, k, groups = [], len(y), len(self.params), self.x_groups(data)
             for _ in range(n_boot):
                 idx = rng.integers(0, n, n)
-                if len(np.unique(idx)) < k:
+                if len(np.unique(groups[idx])) < k:  # too few distinct x values to pin the law down
                     continue
                 res = self._minimize([x[idx] for x in X], y[idx], best.x[None, :], d)
                 draws.append([p.from_z(v) for p, v in zip(self.params, res.x)])

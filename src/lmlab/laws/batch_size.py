@@ -34,6 +34,7 @@ import numpy as np
 
 from lmlab.core.config import param
 from lmlab.laws.base import Columns, Fit, Law, Param, as_columns, power_law
+from lmlab.laws.table import number_column, where
 
 # Published numbers to compare with, each with its source. [2nd] = secondary summary: re-check with the paper.
 REFERENCE: dict[str, dict[str, Any]] = {
@@ -196,9 +197,10 @@ def optimal_batch(rows: Any, budget: str = "tokens") -> Columns:
     missing = [c for c in (budget, "batch", "loss") if c not in cols]
     if missing:
         raise ValueError(f"sweep table needs columns {budget!r}, 'batch', 'loss'; missing {missing}")
-    b_all, l_all, d_all = (cols[c].astype(float) for c in ("batch", "loss", budget))
+    b_all, l_all, d_all = (number_column(cols, c, "sweep table: ") for c in ("batch", "loss", budget))
     if np.any(b_all <= 0):
-        raise ValueError(f"batch sizes must be > 0 (log B is taken), got {b_all.min()}")
+        i = int(np.flatnonzero(b_all <= 0)[0])
+        raise ValueError(f"batch sizes must be > 0 (log B is taken), got {b_all[i]} at {where(cols, i, 'batch')}")
     out: dict[str, list[float]] = {budget: [], "batch": [], "loss": [], "interior": []}
     for d in np.unique(d_all):
         sel = d_all == d

@@ -42,6 +42,7 @@ import numpy as np
 
 from lmlab.core.config import param
 from lmlab.laws.base import Columns, Fit, Law, Param, as_columns
+from lmlab.laws.table import number_column, where
 
 DATA = Path(__file__).parent / "data" / "densing_models.csv"
 ORIGIN = "2023-02-24"  # Llama-1 release, day 0 of the paper's time axis
@@ -233,6 +234,19 @@ def quarterly_maxima(days: np.ndarray, rho: np.ndarray, origin: str = ORIGIN) ->
     return keep
 
 
+def _days(cols: Columns, origin: str) -> np.ndarray:
+    """Column ``days`` when given, else the days from ``origin`` to each ``date``; a bad cell names its row."""
+    if "days" in cols:
+        return number_column(cols, "days")
+    days = []
+    for i, s in enumerate(cols["date"].tolist()):
+        try:
+            days.append(days_since(s, origin)[0])
+        except ValueError as e:
+            raise ValueError(f"column 'date' at {where(cols, i, 'date')}: {e}") from None
+    return np.array(days, dtype=float)
+
+
 def densing_points(table: Any, variant: str = "envelope", origin: str = ORIGIN) -> Columns:
     """Columns ``days``, ``density`` (+ ``model`` when given) of the points a variant fits on. ``table`` needs
     ``density`` and either ``date`` (ISO) or ``days``."""
@@ -240,14 +254,12 @@ def densing_points(table: Any, variant: str = "envelope", origin: str = ORIGIN) 
     if "density" not in cols or not ("date" in cols or "days" in cols):
         raise ValueError(f"a densing table needs columns 'density' and 'date' (or 'days'); "
                          f"got {sorted(cols)}")
-    days = days_since(cols["date"], origin) if "days" not in cols else cols["days"].astype(float)
-    if cols["density"].dtype.kind not in "fiu":
-        raise ValueError(f"column 'density' must be numeric, got {cols['density'][:3].tolist()}...")
-    rho = cols["density"].astype(float)
-    if not np.all(np.isfinite(rho) & (rho > 0)):
-        i = int(np.flatnonzero(~(np.isfinite(rho) & (rho > 0)))[0])
-        raise ValueError(f"column 'density' must be finite and > 0 (its log is taken), got {rho[i]} "
-                         f"at row {i}")
+    days = _days(cols, origin)
+    rho = number_column(cols, "density")
+    if np.any(rho <= 0):
+        i = int(np.flatnonzero(rho <= 0)[0])
+        raise ValueError(f"column 'density' must be > 0 (its log is taken), got {rho[i]} at "
+                         f"{where(cols, i, 'density')}")
     masks = {"all": lambda: np.ones(len(rho), dtype=bool), "envelope": lambda: envelope(days, rho),
              "quarterly": lambda: quarterly_maxima(days, rho, origin)}
     if variant not in masks:
