@@ -1,6 +1,7 @@
 """lmlab: recent transformer and LLM research methods as tested components on one shared core.
 
-``lmlab.registries()`` returns every family's registry; importing lmlab imports no torch.
+``lmlab.registries()`` returns every family's registry; ``lmlab.load(spec)`` loads any model lmlab writes or
+reads (``lmlab.loader``); importing lmlab imports no torch.
 """
 
 from __future__ import annotations
@@ -24,3 +25,13 @@ def find(name: str):
         names = sorted(n for r in registries().values() for n in r)
         raise KeyError(f"unknown method {name!r}; known: {', '.join(names)}")
     return hits[0]
+
+
+def load(spec, *, device=None, dtype=None):
+    """(model, tokenizer, meta) from an lmlab folder, a Hugging Face folder, a .gguf or a pretrained name.
+
+    See ``lmlab.loader.load``.
+    """
+    from .loader import load as _load
+
+    return _load(spec, device=device, dtype=dtype)

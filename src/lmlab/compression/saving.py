@@ -49,7 +49,7 @@ def save_quantized(path: str | Path, model: nn.Module, report: Report | None = N
         raise ValueError(f"cannot save a {type(root).__name__}: expected an lmlab Transformer or a Hugging "
                          "Face "
                          "model (optionally wrapped in HFCausalLM)")
-    meta = {"format": FORMAT, "arch": resolve_arch(model).name, "base": base, "modules": modules,
+    meta = {"kind": "lmlab-quantized", "format": FORMAT, "arch": resolve_arch(model).name, "base": base, "modules": modules,
             "report": report.to_dict() if report is not None else None}
     return save(path, {"model": root.state_dict()}, meta)
 
@@ -86,3 +86,8 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict]:
 
         model = HFCausalLM(root)
     return model.eval(), meta
+
+
+def from_checkpoint(folder: str | Path, meta: dict) -> nn.Module:
+    """The quantized model saved in ``folder`` (kind lmlab-quantized; ``lmlab.load`` calls this)."""
+    return load_quantized(folder)[0]

@@ -1,7 +1,8 @@
-"""Checkpoints as safetensors weights + a JSON sidecar (config, step, metadata); never pickle.
+"""Checkpoints as safetensors weights + a JSON sidecar (kind, config, step, metadata); never pickle.
 
 A checkpoint is a folder ``<dir>/`` holding ``model.safetensors``, optionally ``optim.safetensors`` (flattened
-optimizer state), and ``meta.json``. Folders are written to ``<dir>.tmp`` and renamed into place, so a killed
+optimizer state), and ``meta.json`` with a mandatory ``kind`` saying what the folder holds ("lmlab-transformer",
+"lmlab-acdit", "lmlab-quantized", "lmlab-trainer"); ``lmlab.load`` reads every kind (``lmlab.loader``). Folders are written to ``<dir>.tmp`` and renamed into place, so a killed
 save never leaves a half-written checkpoint behind.
 """
 
@@ -40,6 +41,8 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save(path: str | Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
     """Atomically write ``{file_stem: state_dict}`` as safetensors files plus meta.json into folder ``path``."""
+    if not meta.get("kind"):
+        raise ValueError("checkpoint meta needs a 'kind' (e.g. 'lmlab-transformer'): lmlab.load dispatches on it")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -105,8 +108,13 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str
     model.load_state_dict(state, strict=False)
 
 
-def save_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any], **meta: Any) -> Path:
-    return save(path, {"model": model.state_dict()}, {"config": config, **meta})
+def save_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any], kind: str | None = None,
+               **meta: Any) -> Path:
+    """Save ``model`` with its config; ``kind`` defaults to the model class's ``checkpoint_kind``."""
+    kind = kind or getattr(model, "checkpoint_kind", None)
+    if not kind:
+        raise ValueError(f"{type(model).__name__} has no checkpoint_kind; pass kind=... so lmlab.load can read it")
+    return save(path, {"model": model.state_dict()}, {"config": config, **meta, "kind": kind})
 
 
 def load_model(path: str | Path, model: torch.nn.Module, config: dict[str, Any] | None = None) -> dict[str, Any]:

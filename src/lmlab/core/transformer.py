@@ -14,12 +14,15 @@ Hugging Face ``LlamaForCausalLM`` of the same shape computes; parameter names fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .blocks import Context, component
-from .config import param
+from .checkpoint import CheckpointError, load_into, load_tensors
+from .config import from_dict, param
 from .kv_cache import KVCache
 
 
@@ -75,6 +78,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    checkpoint_kind = "lmlab-transformer"  # meta.json kind (lmlab.load)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -156,3 +161,12 @@ class Transformer(nn.Module):
                 mask: torch.Tensor | None = None, layers: list[int] | None = None) -> torch.Tensor:
         """Logits (B, T, V). mask: bool (T, S) | (B, T, S) | (B, 1, T, S), True = attend; S = cached + T."""
         return self.lm_head(self.hidden(ids, cache=cache, positions=positions, mask=mask, layers=layers))
+
+
+def from_checkpoint(folder: str | Path, meta: dict[str, Any]) -> Transformer:
+    """The Transformer saved in ``folder`` (kind lmlab-transformer; ``lmlab.load`` calls this)."""
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{folder}/meta.json has no model config")
+    model = Transformer(from_dict(TransformerConfig, meta["config"]))
+    load_into(model, load_tensors(folder), str(folder))
+    return model

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmlab.core.blocks import RMSNorm, RoPE, naive_attention
-from lmlab.core.config import param
+from lmlab.core.checkpoint import load_into, load_tensors
+from lmlab.core.config import from_dict, param
 from lmlab.core.kv_cache import KVCache
 from lmlab.core.masks import skip_causal
 
@@ -186,6 +189,8 @@ def token_modulation(ada: torch.Tensor, n_noisy: int, n_clean: int, k: int) -> t
 
 
 class ACDiT(nn.Module):
+    checkpoint_kind = "lmlab-acdit"  # meta.json kind (lmlab.load)
+
     def __init__(self, cfg: Config | None = None):
         super().__init__()
         cfg = cfg or Config()
@@ -319,3 +324,10 @@ class ACDiT(nn.Module):
         mask = (B, cache.length + B)  # clean rows see the cache and themselves, noised rows everything
         pos = torch.cat([self.positions[(block - 1) * B:block * B], pos])
         return self.run(clean_prev, x, cond, pos, mask, cache, commit=B)
+
+
+def from_checkpoint(folder: str | Path, meta: dict[str, Any]) -> ACDiT:
+    """The ACDiT saved in ``folder`` (kind lmlab-acdit; ``lmlab.load`` calls this)."""
+    model = ACDiT(from_dict(Config, meta["config"]))
+    load_into(model, load_tensors(folder), str(folder))
+    return model

@@ -1,0 +1,119 @@
+"""THE loader: ``lmlab.load(spec) -> (model, tokenizer, meta)`` for everything lmlab writes and for pretrained LMs.
+
+``spec`` is one of
+
+- an lmlab folder: a run folder of ``lmlab train`` (holding ``model/``) or a model folder (``meta.json``);
+- a Hugging Face folder (``config.json``, ``save_pretrained`` layout);
+- a ``.gguf`` file or a known pretrained name (``smollm2-135m``, ``gemma3-270m``; ``core.hf.PRETRAINED``).
+
+An lmlab folder says what it holds in ``meta.json["kind"]``; ``KINDS`` maps each kind to its reader (lazy
+``"module:attr"`` strings: loading a checkpoint imports its module, nothing is registered by side effect):
+
+    lmlab-transformer   core Transformer weights + its TransformerConfig ("config")
+    lmlab-acdit         ACDiT weights + the job that trained it ("job")
+    lmlab-quantized     a compressed model (``compression.saving``)
+    lmlab-trainer       a training checkpoint (resume state): refused, pointing at the run's ``model/`` folder
+
+Checkpoints written before ``kind`` existed still load: a "config" table alone is a Transformer, ``"format": 1``
+is a quantized model. The tokenizer is the one saved beside the model (``tokenizer.json`` of lmlab's
+tokenizers, or Hugging Face tokenizer files), or None. ``meta`` is the folder's meta.json (or, for Hugging Face
+models, ``{"kind": "hf", "source": ...}``) plus ``"source"``, the resolved path or name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.core.checkpoint import META, CheckpointError, read_meta
+from lmlab.core.registry import load_target
+
+KINDS = {
+    "lmlab-transformer": "lmlab.core.transformer:from_checkpoint",
+    "lmlab-acdit": "lmlab.models.acdit.model:from_checkpoint",
+    "lmlab-quantized": "lmlab.compression.saving:from_checkpoint",
+}
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def kind_of(meta: dict[str, Any], where: Path) -> str:
+    """The checkpoint kind, with the rules for checkpoints written before ``kind`` was mandatory."""
+    kind = meta.get("kind")
+    if kind is None and meta.get("format") == 1 and "modules" in meta:
+        return "lmlab-quantized"
+    if kind is None and isinstance(meta.get("config"), dict):
+        return "lmlab-transformer"
+    if kind == "lmlab-trainer":
+        raise CheckpointError(f"{where} is a training checkpoint (resume state); load the run's model/ folder "
+                              "instead")
+    if kind not in KINDS:
+        raise CheckpointError(f"{where}/{META} has kind {kind!r}; lmlab reads {', '.join(KINDS)}")
+    return kind
+
+
+def model_folder(path: Path) -> Path | None:
+    """The folder holding meta.json: ``path`` itself or its ``model/`` (a run folder); None if neither."""
+    for folder in (path, path / "model"):
+        if (folder / META).is_file():
+            return folder
+    return None
+
+
+def lmlab_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in ``folder`` or its parent (run folder): lmlab's tokenizer.json or a HF one."""
+    from lmlab.core.tokenizer import HFTokenizer, load_tokenizer
+
+    for d in (folder, folder.parent):
+        f = d / "tokenizer.json"
+        if f.is_file():
+            try:
+                head = json.loads(f.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{f} is not a valid tokenizer file ({e})") from None
+            if (d / "tokenizer_config.json").is_file() and "model" in head:  # written by transformers
+                from transformers import AutoTokenizer
+
+                return HFTokenizer(AutoTokenizer.from_pretrained(d, local_files_only=True))
+            return load_tokenizer(d)
+    return None
+
+
+def load(spec: str | Path, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer or None, meta) for any model lmlab writes or can read (module docstring).
+
+    ``device``: where the model goes (default: where it was built, the CPU); ``dtype``: cast floating weights.
+    """
+    key = str(spec)
+    path = Path(key).expanduser()
+    folder = model_folder(path) if path.is_dir() else None
+    if folder is not None:
+        meta = read_meta(folder)
+        kind = kind_of(meta, folder)
+        model = load_target(KINDS[kind])(folder, meta)
+        tok = lmlab_tokenizer(folder)
+        meta = {**meta, "kind": kind, "source": str(folder)}
+        if (folder.parent / "task.json").is_file() and folder.name == "model":
+            meta["task"] = json.loads((folder.parent / "task.json").read_text(encoding="utf-8"))
+    else:
+        from lmlab.core.hf import PRETRAINED, load_pretrained
+        from lmlab.core.tokenizer import HFTokenizer
+
+        known = key in PRETRAINED or (path.suffix == ".gguf" and path.is_file()) or (path / "config.json").is_file()
+        if not known:
+            raise ValueError(f"{key!r} is neither an lmlab folder (meta.json, or a run folder with model/), a "
+                             f"Hugging Face folder (config.json), a .gguf file, nor a known pretrained model "
+                             f"({', '.join(PRETRAINED)})")
+        model, hf_tok = load_pretrained(key)
+        tok = HFTokenizer(hf_tok) if hf_tok is not None else None
+        meta = {"kind": "hf", "source": key}
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    if device is not None:
+        from lmlab.core.runtime import resolve_device
+
+        model = model.to(resolve_device(device))
+    return model.eval(), tok, meta
