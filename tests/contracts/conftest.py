@@ -121,3 +121,66 @@ def fit_compressor(name: str, model: torch.nn.Module) -> tuple[torch.nn.Module, 
     """``fit(model, calib)``: calibration ids only for cap "calibration", else None (it must not need them)."""
     caps = lmlab.registries()["compression"].entry(name).caps
     return make_compressor(name).fit(model, calib_ids() if "calibration" in caps else None)
+
+
+# ---------------------------------------------------------------- objectives: a model and batches per cap set
+
+
+def causal_setup() -> tuple[torch.nn.Module, Any]:
+    """A causal Transformer and ``ids`` / ``targets`` windows of a periodic token stream."""
+    from lmlab.core.data import TokenWindows
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=23, dim=32, n_layers=2, n_heads=4, max_seq_len=32))
+    return model, TokenWindows(torch.arange(400) % 23, batch_size=4, seq_len=16)
+
+
+def bidirectional_setup() -> tuple[torch.nn.Module, Any]:
+    """A bidirectional Transformer and ``ids`` / ``src_mask`` examples (prompt of 5 given tokens, target)."""
+    from lmlab.core.data import ExampleBatches
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=16, dim=32, n_layers=2, n_heads=4, max_seq_len=32,
+                                          mask="bidirectional"))
+    ids = torch.randint(0, 15, (32, 12), generator=torch.Generator().manual_seed(2))  # id 15 = <mask>
+    src = torch.zeros(32, 12, dtype=torch.bool)
+    src[:, :5] = True
+    return model, ExampleBatches({"ids": ids, "src_mask": src}, batch_size=4)
+
+
+def image_diffusion_setup() -> tuple[torch.nn.Module, Any]:
+    """A tiny ACDiT over 8x8 one-channel images (4 blocks of 4 patches) and ``images`` / ``labels`` batches."""
+    from lmlab.core.data import ExampleBatches
+    from lmlab.models.acdit import ACDiT
+    from lmlab.models.acdit import Config as ACDiTConfig
+
+    torch.manual_seed(0)
+    model = ACDiT(ACDiTConfig(dim=32, n_layers=1, n_heads=2, block_size=4, freq_dim=32))
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(32, 1, 8, 8, generator=g) * 2 - 1  # (N, C, H, W) in [-1, 1]
+    labels = torch.randint(0, 10, (32,), generator=g)
+    return model, ExampleBatches({"images": images, "labels": labels}, batch_size=4)
+
+
+# objective caps -> (model, batch source) builder; an objective whose caps are not a key here has no fixture
+OBJECTIVE_SETUPS = {
+    frozenset(): causal_setup,
+    frozenset({"bidirectional"}): bidirectional_setup,
+    frozenset({"image", "diffusion"}): image_diffusion_setup,
+}
+
+
+def objective_setup(name: str, caps: tuple[str, ...]) -> tuple[torch.nn.Module, Any]:
+    """(model, batch source) for an objective with these caps; LookupError naming the fixture to add."""
+    builder = OBJECTIVE_SETUPS.get(frozenset(caps))
+    if builder is None:
+        known = sorted(sorted(k) for k in OBJECTIVE_SETUPS)
+        raise LookupError(f"objective {name!r} has caps {sorted(caps)}, for which no model + batch fixture "
+                          f"exists (known cap sets: {known}); add one to OBJECTIVE_SETUPS in "
+                          "tests/contracts/conftest.py")
+    return builder()
+
+
+def make_objective(name: str) -> Any:
+    cls, cfg = lmlab.registries()["objectives"].get(name), fast_config("objectives", name)
+    return cls(cfg) if cfg is not None else cls()

@@ -35,6 +35,10 @@ def drafts(name: str, target: torch.nn.Module, seed: int) -> list:
     return [tiny_lm(seed + 100, vocab=target.cfg.vocab_size, dim=16), layer_skip(target, [1])]
 
 
+def target_lm(seed: int) -> torch.nn.Module:
+    return tiny_lm(seed, dim=32 * (seed + 1))  # two shapes: width 32 and width 64
+
+
 @torch.no_grad()
 def recomputed_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding without a cache: a full forward pass over the whole sequence for every token."""
@@ -46,7 +50,7 @@ def recomputed_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reference_greedy_matches_recomputation_without_cache(seed):
-    model = tiny_lm(seed)
+    model = target_lm(seed)
     for prompt in prompts(48):
         assert Greedy().generate(model, prompt, 16).tokens == recomputed_greedy(model, prompt, 16)
 
@@ -54,7 +58,7 @@ def test_reference_greedy_matches_recomputation_without_cache(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_greedy_lossless_decoders_match_plain_greedy(name, seed):
-    target = tiny_lm(seed, dim=32 * (seed + 1))
+    target = target_lm(seed)
     accepted = 0
     for draft, prompt in itertools.product(drafts(name, target, seed), prompts(48)):
         dec = make_decoder(name, draft=draft)
@@ -66,7 +70,7 @@ def test_greedy_lossless_decoders_match_plain_greedy(name, seed):
         assert gen.tokens == ref, f"{name} with draft {type(draft).__name__}, prompt {prompt}"
         assert dec.generate(target, prompt, 16, eos_id=eos).tokens == ref_eos, f"{name} with eos {eos}"
         accepted += gen.stats.accepted
-    if drafts(name, target, seed) != [None]:
+    if "draft" in DECODING.entry(name).caps:
         assert accepted > 0, f"{name}: no draft token was ever accepted, so the accept path went untested"
 
 
@@ -122,10 +126,10 @@ def sampling_target() -> torch.nn.Module:
     return small_model(3)
 
 
-def sampled_pairs(dec, model: torch.nn.Module) -> dict[tuple[int, int], int]:
+def sampled_pairs(dec, model: torch.nn.Module, draws: int = DRAWS) -> dict[tuple[int, int], int]:
     """Counts of the first two tokens over seeded draws (three tokens each, so drafts run two deep)."""
     counts: dict[tuple[int, int], int] = {}
-    for seed in range(DRAWS):
+    for seed in range(draws):
         pair = tuple(dec.generate(model, PROMPT, 3, seed=seed).tokens[:2])
         counts[pair] = counts.get(pair, 0) + 1
     return counts
@@ -141,7 +145,7 @@ def test_the_fit_rejects_draws_from_another_model():
     """The test has power: plain sampling of the draft model does not pass as the target's distribution."""
     target, other = sampling_target(), small_model(103)
     dec = make_decoder("sample", sampling=Sampling(True, TEMPERATURE))
-    assert fit_pvalue(sampled_pairs(dec, other), exact_pairs(target, PROMPT, TEMPERATURE)) < P_MIN
+    assert fit_pvalue(sampled_pairs(dec, other, DRAWS // 2), exact_pairs(target, PROMPT, TEMPERATURE)) < P_MIN
 
 
 def test_merging_pools_every_cell_to_at_least_five():

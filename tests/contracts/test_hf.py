@@ -68,3 +68,22 @@ def test_hf_compressors_fit_a_wrapped_llama(name):
         logits = model(ids)
     assert logits.shape == (2, ids.shape[1], 61) and torch.isfinite(logits).all()
     assert not torch.equal(logits, before), f"{name} left the model's outputs unchanged"
+
+
+SMALL_MODEL = {"vocab_size": 61, "dim": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 64}
+
+
+@pytest.mark.parametrize("name", names_with("models", "hf"))
+def test_hf_models_map_to_llama_and_back_with_the_same_logits(name):
+    from lmlab.core.hf import transformer_from_llama
+    from lmlab.models import REGISTRY as MODELS
+
+    cfg_cls = MODELS.config(name)
+    torch.manual_seed(0)
+    model = MODELS.get(name)(cfg_cls(**SMALL_MODEL)).eval()
+    hf = hf_twin(model)
+    back = transformer_from_llama(hf.model)
+    ids = calib_ids()[:2]
+    with torch.no_grad():
+        want = model(ids)
+        assert torch.allclose(hf(ids), want, atol=1e-5) and torch.equal(back(ids), want)
