@@ -49,7 +49,8 @@ def save_quantized(path: str | Path, model: nn.Module, report: Report | None = N
         raise ValueError(f"cannot save a {type(root).__name__}: expected an lmlab Transformer or a Hugging "
                          "Face "
                          "model (optionally wrapped in HFCausalLM)")
-    meta = {"kind": "lmlab-quantized", "format": FORMAT, "arch": resolve_arch(model).name, "base": base, "modules": modules,
+    meta = {"kind": "lmlab-quantized", "format": FORMAT, "arch": resolve_arch(model).name, "base": base,
+            "modules": modules,
             "report": report.to_dict() if report is not None else None}
     return save(path, {"model": root.state_dict()}, meta)
 

@@ -2,8 +2,9 @@
 
 A checkpoint is a folder ``<dir>/`` holding ``model.safetensors``, optionally ``optim.safetensors`` (flattened
 optimizer state), and ``meta.json`` with a mandatory ``kind`` saying what the folder holds ("lmlab-transformer",
-"lmlab-acdit", "lmlab-quantized", "lmlab-trainer"); ``lmlab.load`` reads every kind (``lmlab.loader``). Folders are written to ``<dir>.tmp`` and renamed into place, so a killed
-save never leaves a half-written checkpoint behind.
+"lmlab-acdit", "lmlab-quantized", "lmlab-trainer"); ``lmlab.load`` reads every kind (``lmlab.loader``).
+Folders are written to ``<dir>.tmp`` and renamed into place, so a killed save never leaves a half-written
+checkpoint behind.
 """
 
 from __future__ import annotations

@@ -13,6 +13,21 @@ from typing import Any
 
 STATUSES = ("stable", "experimental")
 
+# Capability tags: what a method promises or needs. ``tests/contracts/`` reads them, so a method inherits the
+# matching contract tests by its registry line; an unknown tag is refused (a typo would silently skip a test).
+CAPS: dict[str, str] = {
+    "hf": "works on a Hugging Face causal LM wrapped in core.hf.HFCausalLM (models: maps to and from Llama)",
+    "kv_cache": "uses a KV cache (models: incremental decoding; compressors: quantizes the KV cache)",
+    "sampling": "decoder that samples exactly from core.sampling.probs of the target's logits",
+    "greedy-lossless": "decoder whose greedy output is token-identical to plain greedy decoding",
+    "draft": "decoder that takes a draft model: cls(cfg, draft=draft)",
+    "calibration": "compressor that needs calibration token ids (N, T) in fit(model, calib)",
+    "save": "compressor whose output round-trips compression.saving.save_quantized / load_quantized",
+    "bidirectional": "trains or runs a bidirectional (mask='bidirectional') Transformer on ids + src_mask",
+    "image": "works on images (N, C, H, W) with class labels",
+    "diffusion": "a diffusion model or loss over noise levels (timesteps)",
+}
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -29,6 +44,12 @@ class Entry:
             raise ValueError(f"registry target {self.target!r} must be 'module:attr'")
         if self.status not in STATUSES:
             raise ValueError(f"registry status {self.status!r} must be one of {STATUSES}")
+        if not isinstance(self.caps, tuple):
+            raise ValueError(f"registry caps of {self.target!r} must be a tuple of tags, got {self.caps!r}")
+        unknown = [c for c in self.caps if c not in CAPS]
+        if unknown:
+            raise ValueError(f"registry caps {unknown} of {self.target!r} are unknown; known caps: "
+                             f"{', '.join(CAPS)} (a new one goes into lmlab.core.registry.CAPS with its meaning)")
 
     @property
     def module(self) -> str:
