@@ -12,13 +12,13 @@ implementations must produce the same tokens, which is checked and recorded.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import torch
 
+from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.hf import llama_from_transformer
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 
 CFG = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=512)
@@ -32,7 +32,7 @@ def greedy(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int) ->
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     cache = model.new_cache(batch=prompt.shape[0], max_len=prompt.shape[1] + max_new_tokens)
     logits = model(prompt, cache=cache)[:, -1]  # (B, V)
-    out = torch.empty(prompt.shape[0], max_new_tokens, dtype=torch.long)
+    out = torch.empty(prompt.shape[0], max_new_tokens, dtype=torch.long, device=prompt.device)
     for i in range(max_new_tokens):
         nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
         out[:, i:i + 1] = nxt
@@ -43,7 +43,7 @@ def greedy(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int) ->
 
 def make_models(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
     torch.manual_seed(seed)
-    a = Transformer(TransformerConfig(**CFG)).eval()
+    a = Transformer(TransformerConfig(**CFG)).eval().to(resolve_device())
     with torch.no_grad():
         a.tok_emb.weight.normal_(0.0, 1.0)  # peaked logits: no near-ties between the two implementations
     return a, llama_from_transformer(a).eval()
@@ -62,42 +62,40 @@ def hf_greedy_inference_mode(model: torch.nn.Module, prompt: torch.Tensor, max_n
 
 
 def timed(fn, *args) -> tuple[float, torch.Tensor]:
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out.shape[1] / (time.perf_counter() - t0), out
+    """(new tokens per second, the tokens) of one call."""
+    with Timer() as t:
+        out = fn(*args)
+    return out.shape[1] / t.seconds, out
 
 
 def run(quick: bool = False) -> dict:
     rounds, new = (2, 16) if quick else (11, NEW)
     prompt = torch.randint(0, CFG["vocab_size"], (1, PROMPT), generator=torch.Generator().manual_seed(0))
     a, b = make_models()
-    old_threads = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            greedy(a, prompt, 4), hf_greedy(b, prompt, 4)  # warm-up
-            a_runs, b_runs, c_runs, identical = [], [], [], True
-            load = os.getloadavg()[0]
-            for _ in range(rounds if threads == 1 else min(rounds, 3)):
-                va, ta = timed(greedy, a, prompt, new)
-                vb, tb = timed(hf_greedy, b, prompt, new)
-                vc, tc = timed(hf_greedy_inference_mode, b, prompt, new)
-                a_runs.append(va)
-                b_runs.append(vb)
-                c_runs.append(vc)
-                identical &= torch.equal(ta, tb) and torch.equal(ta, tc)
-            cases.append({"label": f"threads={threads}", "threads": threads, "loadavg_1m_at_start": load,
-                          "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
-                          "a_runs": a_runs, "b_runs": b_runs, "tokens_identical": bool(identical),
-                          "b_inference_mode_value": statistics.median(c_runs),
-                          "b_inference_mode_runs": c_runs,
-                          "ratio_vs_b_inference_mode": statistics.median(a_runs) / statistics.median(c_runs),
-                          "new_tokens": new, "prompt_tokens": PROMPT, "params": a.num_params()})
-    finally:
-        torch.set_num_threads(old_threads)
+    prompt = prompt.to(a.device)
+
+    def build(threads: int) -> list[ABCase]:
+        load = {}
+
+        def warmup() -> None:
+            greedy(a, prompt, 4), hf_greedy(b, prompt, 4)
+            load["1m"] = os.getloadavg()[0]
+
+        def fields(runs: ABRuns) -> dict:
+            ta, tb, tc = runs.outputs["a"], runs.outputs["b"], runs.outputs["b_inference_mode"]
+            return {"loadavg_1m_at_start": load["1m"],
+                    "tokens_identical": all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(ta, tb, tc)),
+                    "b_inference_mode_value": runs.value("b_inference_mode"),
+                    "b_inference_mode_runs": runs.values["b_inference_mode"],
+                    "ratio_vs_b_inference_mode": runs.value("a") / runs.value("b_inference_mode"),
+                    "new_tokens": new, "prompt_tokens": PROMPT, "params": a.num_params()}
+
+        arms = {"a": lambda r: timed(greedy, a, prompt, new), "b": lambda r: timed(hf_greedy, b, prompt, new),
+                "b_inference_mode": lambda r: timed(hf_greedy_inference_mode, b, prompt, new)}
+        return [ABCase("", arms, rounds if threads == 1 else min(rounds, 3), warmup=warmup, fields=fields)]
+
     return bench_record("decode_throughput", "lmlab KVCache greedy loop", "HF generate(do_sample=False)",
-                        "new tokens/s (batch 1, fp32, incl. prefill)", cases, runs=rounds)
+                        "new tokens/s (batch 1, fp32, incl. prefill)", ab_cases(build), runs=rounds)
 
 
 if __name__ == "__main__":

@@ -13,53 +13,56 @@ random models instead of the pair.
 
 from __future__ import annotations
 
-import importlib.util
-import time
 from pathlib import Path
 
 import tomllib
 import torch
 
+from lmlab.core.harness import ABCase, ABRuns, ab_cases, repro_module
 from lmlab.core.hf import HFCausalLM, llama_from_transformer
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.gsd import Config, GraphSpeculative
 
-REPRO = Path(__file__).resolve().parents[1] / "repro" / "gsd"
-
-
-def repro_module(name: str):
-    import sys
-
-    sys.path.insert(0, str(REPRO))
-    spec = importlib.util.spec_from_file_location(f"lmlab_repro_gsd_{name}", REPRO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def models(quick: bool) -> tuple[Transformer, Transformer, list[list[int]]]:
+    device = resolve_device()
     if quick:
         torch.manual_seed(0)
         shape = dict(vocab_size=512, max_seq_len=256, n_heads=4)
         target = Transformer(TransformerConfig(dim=64, n_layers=2, **shape)).eval()
         draft = Transformer(TransformerConfig(dim=32, n_layers=1, **shape)).eval()
         prompts = torch.randint(0, 512, (2, 16)).tolist()
-        return target, draft, prompts
-    cfg = tomllib.loads((REPRO / "config.toml").read_text())
+        return target.to(device), draft.to(device), prompts
+    cfg = tomllib.loads((ROOT / "repro" / "gsd" / "config.toml").read_text())
     cfg.pop("smoke")
-    pair_mod = repro_module("pair")
+    pair_mod = repro_module("gsd", "pair", ROOT)
     pair = pair_mod.load_or_train_pair(cfg)
     prompts = pair_mod.held_out_prompts(pair["val_ids"], 8, cfg["prompt_len"])
-    return pair["target"], pair["draft"], prompts
+    return pair["target"].to(device), pair["draft"].to(device), prompts
 
 
 @torch.no_grad()
 def hf_generate(target_hf, prompt: list[int], new: int, draft_hf=None) -> list[int]:
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=target_hf.device)
     out = target_hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
                              min_new_tokens=new, assistant_model=draft_hf, pad_token_id=0)
     return out[0, len(prompt):].tolist()
+
+
+def alternating(generate, prompts: list[list[int]], refs: list[list[int]]):
+    """An A/B arm: round r decodes prompt r mod len(prompts) with ``generate(prompt) -> tokens``, so the arms
+    alternate prompt by prompt; its value is (seconds, whether the tokens equal the plain greedy ones)."""
+    def measure(r: int) -> tuple[float, bool]:
+        i = r % len(prompts)
+        with Timer() as t:
+            tokens = generate(prompts[i])
+        return t.seconds, tokens == refs[i]
+
+    return measure
 
 
 def run(quick: bool = False) -> dict:
@@ -73,41 +76,26 @@ def run(quick: bool = False) -> dict:
     gsd_lmlab = GraphSpeculative(gsd_cfg, draft)
     wrapped = HFCausalLM(target_hf)
     refs = [hf_generate(target_hf, p, new) for p in prompts]
-    old = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            t = {"gsd": [], "hf": [], "gsd_lmlab": []}
-            same = {"gsd": 0, "hf": 0, "gsd_lmlab": 0}
-            for _ in range(rounds):
-                for p, ref in zip(prompts, refs):  # A and B alternate prompt by prompt
-                    t0 = time.perf_counter()
-                    a = gsd_hf.generate(wrapped, p, new).tokens
-                    t["gsd"].append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    b = hf_generate(target_hf, p, new, draft_hf)
-                    t["hf"].append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    c = gsd_lmlab.generate(target, p, new).tokens
-                    t["gsd_lmlab"].append(time.perf_counter() - t0)
-                    same["gsd"] += a == ref
-                    same["hf"] += b == ref
-                    same["gsd_lmlab"] += c == ref
-            n = rounds * len(prompts)
-            rate = {k: new * len(v) / sum(v) for k, v in t.items()}  # tokens / seconds over all runs
-            cases.append({"label": f"threads={threads}", "threads": threads, "a_value": rate["gsd"],
-                          "b_value": rate["hf"], "gsd_on_lmlab_transformer_tokens_per_s": rate["gsd_lmlab"],
-                          "identical_frac_gsd": same["gsd"] / n, "identical_frac_hf_assisted": same["hf"] / n,
-                          "identical_frac_gsd_lmlab": same["gsd_lmlab"] / n, "prompts": len(prompts),
-                          "new_tokens": new, "target_params": target.num_params(),
-                          "draft_params": draft.num_params()})
-    finally:
-        torch.set_num_threads(old)
+    n = rounds * len(prompts)  # A/B rounds: every prompt, `rounds` times
+    arms = {"gsd": alternating(lambda p: gsd_hf.generate(wrapped, p, new).tokens, prompts, refs),
+            "hf": alternating(lambda p: hf_generate(target_hf, p, new, draft_hf), prompts, refs),
+            "gsd_lmlab": alternating(lambda p: gsd_lmlab.generate(target, p, new).tokens, prompts, refs)}
+
+    def fields(runs: ABRuns) -> dict:
+        same = {k: sum(v) / n for k, v in runs.outputs.items()}
+        return {"gsd_on_lmlab_transformer_tokens_per_s": runs.value("gsd_lmlab"),
+                "identical_frac_gsd": same["gsd"], "identical_frac_hf_assisted": same["hf"],
+                "identical_frac_gsd_lmlab": same["gsd_lmlab"], "prompts": len(prompts), "new_tokens": new,
+                "target_params": target.num_params(), "draft_params": draft.num_params()}
+
+    def tokens_per_s(seconds: list[float]) -> float:
+        return new * len(seconds) / sum(seconds)  # tokens / seconds over all runs
+
+    cases = ab_cases(lambda threads: [ABCase("", arms, n, warmup=False, summary=tokens_per_s, fields=fields,
+                                             record_runs=False)])
     return bench_record("gsd_vs_hf_assisted", "GSD (lmlab, on the HF modules)",
                         "HF generate(assistant_model=draft)",
-                        "new tokens/s (greedy, batch 1, fp32, incl. prefill)", cases,
-                        runs=rounds * len(prompts))
+                        "new tokens/s (greedy, batch 1, fp32, incl. prefill)", cases, runs=n)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ A and B run alternately in one process, for 1 and 2 torch threads.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from lmlab.cli.eval import build_task, greedy_targets
+from lmlab.core.harness import ABCase, ab_cases
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config, masked_decode
 from lmlab.tasks.encoding import TaskCodec
@@ -31,50 +30,44 @@ def setup(n: int = BATCH) -> tuple[TaskCodec, torch.Tensor, torch.Tensor, Transf
     examples = task.generate(n, seed=0)
     codec = TaskCodec.fit(task.alphabet, examples)
     ids, maskable = codec.encode_prompts([e.prompt for e in examples])
+    device = resolve_device()
     models = []
     for mask in ("bidirectional", "causal"):
         torch.manual_seed(0)
         models.append(Transformer(TransformerConfig(vocab_size=codec.vocab_size, dim=DIM, n_layers=LAYERS,
-                                                    n_heads=4, max_seq_len=codec.seq_len, mask=mask)).eval())
-    return codec, ids, maskable, models[0], models[1]
+                                                    n_heads=4, max_seq_len=codec.seq_len, mask=mask)).eval()
+                      .to(device))
+    return codec, ids.to(device), maskable.to(device), models[0], models[1]
 
 
-def timed(fn) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    calls = fn()
-    return time.perf_counter() - t0, calls
+def per_second(fn, positions: int) -> tuple[float, int]:
+    """(decoded positions per second, model calls) of one decode."""
+    with Timer() as t:
+        calls = fn()
+    return positions / t.seconds, calls
 
 
 def run(quick: bool = False) -> dict:
     rounds = 2 if quick else 7
     codec, ids, maskable, diffusion, ar = setup()
     positions = int(maskable.sum())
-    old = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for steps in (20, 1):
-                cfg = Config(steps=steps)
 
-                def a(cfg=cfg):
-                    return masked_decode(diffusion, ids, maskable, codec.mask_id, cfg).stats.model_calls
+    def case(steps: int) -> ABCase:
+        cfg = Config(steps=steps)
 
-                def b():
-                    return greedy_targets(ar, ids, maskable, codec.eos_id, stop_at_eos=False)[1]
-                a(), b()  # warm-up
-                a_runs, b_runs = [], []
-                for _ in range(rounds):
-                    ta, calls_a = timed(a)
-                    tb, calls_b = timed(b)
-                    a_runs.append(positions / ta)
-                    b_runs.append(positions / tb)
-                cases.append({"label": f"T={steps} threads={threads}", "threads": threads, "steps": steps,
-                              "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
-                              "a_model_calls": calls_a, "b_model_calls": calls_b, "positions": positions,
-                              "batch": BATCH, "target_positions_per_row": codec.target_len + 1})
-    finally:
-        torch.set_num_threads(old)
+        def a() -> int:
+            return masked_decode(diffusion, ids, maskable, codec.mask_id, cfg).stats.model_calls
+
+        def b() -> int:
+            return greedy_targets(ar, ids, maskable, codec.eos_id, stop_at_eos=False)[1]
+
+        return ABCase(f"T={steps}", {"a": lambda r: per_second(a, positions), "b": lambda r: per_second(b, positions)},
+                      rounds, record_runs=False,
+                      fields=lambda runs: {"steps": steps, "a_model_calls": runs.outputs["a"][-1],
+                                           "b_model_calls": runs.outputs["b"][-1], "positions": positions,
+                                           "batch": BATCH, "target_positions_per_row": codec.target_len + 1})
+
+    cases = ab_cases(lambda threads: (case(steps) for steps in (20, 1)))
     return bench_record("mgdm_decode_cost", "masked diffusion decoding (MGDM top-k, T steps)",
                         "autoregressive greedy with KV cache", "decoded target positions per second",
                         cases, runs=rounds)

@@ -11,13 +11,13 @@ the Kronecker form is faster. The FLOP counts and their ratio are recorded besid
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 
 import torch
 
 from lmlab.compression.transforms import kron_apply, kron_dense, kron_factors
+from lmlab.core.harness import ABCase, ab_cases
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer
 
 SIZES = {"llama-3-8b hidden": 4096, "smollm2-135m hidden": 576}
 TOKENS = 256
@@ -27,40 +27,32 @@ def timed(fn, x: torch.Tensor, reps: int) -> float:
     """Microseconds per token of ``fn(x)``, best of ``reps`` back-to-back calls."""
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(x)
-        best = min(best, time.perf_counter() - t0)
+        with Timer() as t:
+            fn(x)
+        best = min(best, t.seconds)
     return best / x.shape[0] * 1e6
+
+
+def case(label: str, n: int, rounds: int, reps: int) -> ABCase:
+    """Kronecker (A) vs dense (B) transform of a (TOKENS, n) batch; the two are checked to agree first."""
+    g = torch.Generator().manual_seed(0)
+    n1, n2 = kron_factors(n)
+    a, b = torch.randn(n1, n1, generator=g), torch.randn(n2, n2, generator=g)
+    dense = kron_dense(a, b, n)  # (n, n)
+    x = torch.randn(TOKENS, n, generator=g)
+    assert torch.allclose(kron_apply(x, a, b), x @ dense, rtol=1e-3, atol=1e-2 * n**0.5)
+    kron = functools.partial(kron_apply, a=a, b=b)
+    full = functools.partial(torch.matmul, other=dense)
+    return ABCase(f"{label} n={n} ({n1}x{n2})", {"kron": lambda r: timed(kron, x, reps),
+                                                  "dense": lambda r: timed(full, x, reps)}, rounds,
+                  warmup=lambda: (kron(x), full(x)), record_runs=False,
+                  fields={"n": n, "factors": [n1, n2], "a_flops_per_token": 2 * n * (n1 + n2),
+                          "b_flops_per_token": 2 * n * n, "flop_ratio": (n1 + n2) / n})
 
 
 def run(quick: bool = False) -> dict:
     rounds, reps = (2, 2) if quick else (7, 5)
-    old = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for label, n in SIZES.items():
-                g = torch.Generator().manual_seed(0)
-                n1, n2 = kron_factors(n)
-                a, b = torch.randn(n1, n1, generator=g), torch.randn(n2, n2, generator=g)
-                dense = kron_dense(a, b, n)  # (n, n)
-                x = torch.randn(TOKENS, n, generator=g)
-                assert torch.allclose(kron_apply(x, a, b), x @ dense, rtol=1e-3, atol=1e-2 * n**0.5)
-                kron = functools.partial(kron_apply, a=a, b=b)
-                full = functools.partial(torch.matmul, other=dense)
-                kron(x), full(x)  # warm-up
-                a_runs, b_runs = [], []
-                for _ in range(rounds):  # A and B alternately
-                    a_runs.append(timed(kron, x, reps))
-                    b_runs.append(timed(full, x, reps))
-                cases.append({"label": f"{label} n={n} ({n1}x{n2}) threads={threads}", "n": n,
-                              "factors": [n1, n2],
-                              "threads": threads, "a_value": statistics.median(a_runs),
-                              "b_value": statistics.median(b_runs), "a_flops_per_token": 2 * n * (n1 + n2),
-                              "b_flops_per_token": 2 * n * n, "flop_ratio": (n1 + n2) / n})
-    finally:
-        torch.set_num_threads(old)
+    cases = ab_cases(lambda threads: (case(label, n, rounds, reps) for label, n in SIZES.items()))
     return bench_record("online_transform_cost", a="Kronecker P1 ⊗ P2 (kron_apply)", b="dense n x n matmul",
                         metric="microseconds per token (256-token batch, lower is better)", cases=cases,
                         runs=rounds)

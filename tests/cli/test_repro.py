@@ -1,10 +1,14 @@
-"""The reproduction harness: gates as data, smoke vs full result files, generated INDEX and README sections."""
+"""The reproduction harness: gates as data, smoke vs full result files, generated INDEX and README sections,
+the folder loaded as a package (relative imports, worker processes)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from lmlab.cli import repro
+from lmlab.core import harness
+
+ROOT = Path(__file__).resolve().parents[2]
 
 RUN = '''
 def run(cfg, smoke):
@@ -44,10 +48,10 @@ def checkout(tmp_path, monkeypatch):
 
 
 def test_smoke_and_full_runs_write_their_own_files_and_check_their_own_gates(checkout):
-    smoke = repro.run_one(checkout, "toy", smoke=True)
-    assert [g["name"] for g in smoke["gates"]] == ["size"] and repro.passed(smoke)
+    smoke = harness.run_repro(checkout, "toy", smoke=True)
+    assert [g["name"] for g in smoke["gates"]] == ["size"] and harness.passed(smoke)
     assert smoke["metrics"]["score"] == 0.1  # the [smoke] table overrides the config
-    full = repro.run_one(checkout, "toy", smoke=False, overrides=["score=0.25"])
+    full = harness.run_repro(checkout, "toy", smoke=False, overrides=["score=0.25"])
     by_name = {g["name"]: g for g in full["gates"]}
     assert not by_name["score"]["passed"] and by_name["score"]["value"] == 0.25
     assert not by_name["missing_metric"]["passed"]  # a metric the run did not produce fails its gate
@@ -55,24 +59,24 @@ def test_smoke_and_full_runs_write_their_own_files_and_check_their_own_gates(che
     assert json.loads((results / "smoke.json").read_text())["smoke"] is True
     assert json.loads((results / "latest.json").read_text())["command"] == "lmlab repro toy --set score=0.25"
     with pytest.raises(ValueError, match="key must be one of"):
-        repro.run_one(checkout, "toy", smoke=False, overrides=["nope=1"])
+        harness.run_repro(checkout, "toy", smoke=False, overrides=["nope=1"])
     with pytest.raises(ValueError, match="unknown reproduction 'other'"):
-        repro.run_one(checkout, "other", smoke=True)
+        harness.run_repro(checkout, "other", smoke=True)
 
 
 def test_index_and_readme_sections_are_regenerated_in_place(checkout):
     folder = checkout / "repro" / "toy"
-    repro.write_index(checkout)
+    harness.write_index(checkout)
     readme = (folder / "README.md").read_text()
     assert readme.startswith("# Toy\n\nHand-written text.") and "**Full run:** not run yet." in readme
-    repro.run_one(checkout, "toy", smoke=False)
-    repro.write_index(checkout)
+    harness.run_repro(checkout, "toy", smoke=False)
+    harness.write_index(checkout)
     readme = (folder / "README.md").read_text()
-    assert readme.count(repro.BEGIN) == 1 and readme.count(repro.END) == 1
+    assert readme.count(harness.BEGIN) == 1 and readme.count(harness.END) == 1
     assert "**Full run:** FAIL" in readme and "| score | 0.7 | >= 0.5 | ok |" in readme
     assert "| missing_metric | None | < 1 | FAIL |" in readme
     (folder / "README.md").write_text(readme + "\nMore notes after the block.\n")
-    repro.write_index(checkout)
+    harness.write_index(checkout)
     assert (folder / "README.md").read_text().endswith("More notes after the block.\n")
     index = (checkout / "repro" / "INDEX.md").read_text()
     assert "| toy | a toy claim |" in index and "score >= 0.5" in index
@@ -105,19 +109,55 @@ def run(cfg, smoke):
 
 def test_a_run_script_can_hand_its_own_functions_to_worker_processes(checkout):
     (checkout / "repro" / "toy" / "run.py").write_text(POOL_RUN)
-    rec = repro.run_one(checkout, "toy", smoke=True)
+    rec = harness.run_repro(checkout, "toy", smoke=True)
     assert rec["metrics"]["total"] == 14 and rec["metrics"]["worker_pids"] >= 1
 
 
 def load_mgdm_run():
-    import importlib.util
-    from pathlib import Path
+    return harness.repro_module("mgdm", "run", ROOT)
 
-    path = Path(__file__).resolve().parents[2] / "repro" / "mgdm" / "run.py"
-    spec = importlib.util.spec_from_file_location("mgdm_run_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
+SIBLING_RUN = '''
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+from .work import VALUE, square
+
+
+def run(cfg, smoke):
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        out = list(pool.map(square, [1, 2, 3]))
+    return {"total": sum(out), "value": VALUE}
+'''
+
+
+def test_a_run_script_imports_its_sibling_files_relatively_and_they_reach_worker_processes(checkout):
+    folder = checkout / "repro" / "toy"
+    (folder / "run.py").write_text(SIBLING_RUN)
+    (folder / "work.py").write_text("VALUE = 1\n\n\ndef square(x):\n    return x * x\n")
+    rec = harness.run_repro(checkout, "toy", smoke=True)
+    assert rec["metrics"] == {"total": 14, "value": 1}
+    work = harness.repro_module("toy", "work", checkout)  # what a benchmark imports: the very module run.py used
+    assert work.__name__ == "lmlab_repro_toy.work" and work.square(5) == 25
+    assert harness.repro_module("toy", "run", checkout).VALUE is work.VALUE
+    (folder / "work.py").write_text("VALUE = 222\n\n\ndef square(x):\n    return x * x\n")
+    assert harness.run_repro(checkout, "toy", smoke=True)["metrics"]["value"] == 222  # each run reloads from disk
+
+
+def test_only_registered_reproductions_run(checkout):
+    """A slug is a folder name under repro/ with an expected.toml, never a path (even one that leads to a real
+    reproduction)."""
+    for bad in ("../repro/toy", "toy/.", "other"):
+        with pytest.raises(ValueError, match=f"unknown reproduction '{bad}'; available: toy"):
+            harness.run_repro(checkout, bad, smoke=True)
+    with pytest.raises(FileNotFoundError, match="repro/toy has no missing.py"):
+        harness.repro_module("toy", "missing", checkout)
+
+
+def test_repro_gsd_run_imports_its_siblings_as_one_package():
+    run = harness.repro_module("gsd", "run", ROOT)
+    pair = harness.repro_module("gsd", "pair", ROOT)
+    assert run.load_or_train_pair is pair.load_or_train_pair and pair.__name__ == "lmlab_repro_gsd.pair"
 
 
 def test_mgdm_run_averages_seeds_and_keeps_per_seed_gaps(monkeypatch):

@@ -1,186 +1,14 @@
 """``lmlab repro <slug>|all [--smoke]``: run paper reproductions, check their gates, write results, print the table.
 
-A reproduction is a folder ``repro/<slug>/``:
-
-- ``README.md``: the paper's claim and numbers, our pass criterion, deviations, honest notes on scale;
-- ``expected.toml``: ``claim``, ``[paper]`` numbers, ``[[gate]]`` (full run) and ``[[smoke_gate]]`` tables,
-  each ``{metric, op, threshold}``: the pass criterion as data;
-- ``config.toml``: the knobs; a ``[smoke]`` table overrides them for ``--smoke`` (< 60 s);
-- ``run.py``: ``run(cfg: dict, smoke: bool) -> dict`` of measured metrics, calling library code only. It is
-  loaded as module ``lmlab_repro_<slug>`` (registered in ``sys.modules``), so it may hand its own functions
-  to worker processes (``repro/mgdm`` trains its arms two at a time).
-
-Full runs write ``results/latest.json`` plus a dated copy; smoke runs write ``results/smoke.json``. After each
-run ``repro/INDEX.md`` and the "Last measured result" section of every README are regenerated from the result
-files (never edited by hand).
+The harness (folder layout, result files, INDEX.md and README sections) is ``lmlab.core.harness``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-import tomllib
-
-from lmlab.core.config import _parse_scalar
-from lmlab.core.results import Gate, now, repro_record, write_json
-
-
-def repo_root() -> Path:
-    """The checkout holding ``repro/``: the current directory or a parent, else the source tree of lmlab."""
-    for d in [Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents]:
-        if (d / "repro").is_dir() and (d / "pyproject.toml").is_file():
-            return d
-    raise FileNotFoundError("no repro/ folder found: run lmlab repro from an lmlab checkout")
-
-
-def slugs(root: Path) -> list[str]:
-    return sorted(p.parent.name for p in (root / "repro").glob("*/expected.toml"))
-
-
-def load_spec(folder: Path, smoke: bool, overrides: list[str]) -> tuple[dict, dict]:
-    if not (folder / "expected.toml").is_file():
-        raise FileNotFoundError(f"{folder} has no expected.toml: not a reproduction folder")
-    expected = tomllib.loads((folder / "expected.toml").read_text())
-    cfg: dict[str, Any] = {}
-    if (folder / "config.toml").is_file():
-        cfg = tomllib.loads((folder / "config.toml").read_text())
-    smoke_cfg = cfg.pop("smoke", {})
-    if smoke:
-        cfg.update(smoke_cfg)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in cfg:
-            raise ValueError(f"override {item!r}: key must be one of {sorted(cfg)}")
-        cfg[key] = _parse_scalar(text)
-    return expected, cfg
-
-
-def run_one(root: Path, slug: str, smoke: bool, overrides: list[str] | None = None) -> dict[str, Any]:
-    folder = root / "repro" / slug
-    if not folder.is_dir():
-        raise ValueError(f"unknown reproduction {slug!r}; available: {', '.join(slugs(root))}")
-    expected, cfg = load_spec(folder, smoke, overrides or [])
-    spec = importlib.util.spec_from_file_location(f"lmlab_repro_{slug}", folder / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so that a run.py can hand its own functions to worker processes
-    spec.loader.exec_module(module)  # the reproduction's own script from this checkout
-    t0 = time.perf_counter()
-    metrics = module.run(cfg, smoke)
-    seconds = time.perf_counter() - t0
-    gates = [Gate.check(g["metric"], metrics.get(g["metric"]), g["op"], g["threshold"])
-             for g in expected.get("smoke_gate" if smoke else "gate", [])]
-    cmd = f"lmlab repro {slug}" + (" --smoke" if smoke else "") + "".join(f" --set {o}" for o in overrides or [])
-    rec = repro_record(slug, expected.get("claim", ""), expected.get("paper", {}), metrics, gates, seconds,
-                       smoke, command=cmd)
-    out = folder / "results"
-    if smoke:
-        write_json(out / "smoke.json", rec)
-    else:
-        write_json(out / "latest.json", rec)
-        write_json(out / f"{now()[:10]}.json", rec)
-    return rec
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def gate_text(rec: dict[str, Any]) -> str:
-    if not rec["gates"]:
-        return "(no gates)"
-    return "; ".join(f"{g['name']}={_fmt(g['value'])} {g['op']} {_fmt(g['threshold'])} "
-                     f"{'ok' if g['passed'] else 'FAIL'}" for g in rec["gates"])
-
-
-def passed(rec: dict[str, Any]) -> bool:
-    return all(g["passed"] for g in rec["gates"])
-
-
-def table(records: list[dict[str, Any]]) -> str:
-    lines = ["| method | paper claim | measured (gates) | pass | s |", "|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['slug']} | {r['claim']} | {gate_text(r)} | {'PASS' if passed(r) else 'FAIL'} "
-                     f"| {r['seconds']:.0f} |")
-    return "\n".join(lines)
-
-
-BEGIN, END = "<!-- last-result:begin (generated by lmlab repro) -->", "<!-- last-result:end -->"
-
-
-def result_block(folder: Path) -> str:
-    """The README section with the last full and smoke results of ``folder`` (from its result files)."""
-    import json
-
-    lines = [BEGIN, "## Last measured result", ""]
-    for name, title in (("latest.json", "Full run"), ("smoke.json", "Smoke run")):
-        f = folder / "results" / name
-        if not f.is_file():
-            lines += [f"**{title}:** not run yet.", ""]
-            continue
-        r = json.loads(f.read_text())
-        lines += [f"**{title}:** {'PASS' if passed(r) else 'FAIL'} on {r['date'][:10]}, {r['machine']}, "
-                  f"{r['seconds']:.0f} s (`{r.get('command', '')}`).", "",
-                  "| gate | measured | criterion | |", "|---|---|---|---|"]
-        lines += [f"| {g['name']} | {_fmt(g['value'])} | {g['op']} {_fmt(g['threshold'])} | "
-                  f"{'ok' if g['passed'] else 'FAIL'} |" for g in r["gates"]]
-        lines.append("")
-    lines.append(END)
-    return "\n".join(lines)
-
-
-def write_readme_block(folder: Path) -> Path | None:
-    """Replace (or append) the generated result section of ``folder/README.md``; atomic."""
-    path = folder / "README.md"
-    if not path.is_file():
-        return None
-    text = path.read_text()
-    block = result_block(folder)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def write_index(root: Path) -> Path:
-    """Regenerate repro/INDEX.md and every README's last-result section from the result files."""
-    import json
-
-    lines = ["# Reproductions", "",
-             "Generated by `lmlab repro` from `repro/*/results/{latest,smoke}.json`; do not edit by hand.", "",
-             "| method | paper claim | our criterion (full run) | last full result | last smoke result | command |",
-             "|---|---|---|---|---|---|"]
-    for slug in slugs(root):
-        folder = root / "repro" / slug
-        expected = tomllib.loads((folder / "expected.toml").read_text())
-        crit = "; ".join(f"{g['metric']} {g['op']} {g['threshold']}" for g in expected.get("gate", [])) or "-"
-        cells = []
-        for name in ("latest.json", "smoke.json"):
-            f = folder / "results" / name
-            if f.is_file():
-                r = json.loads(f.read_text())
-                cells.append(f"{'PASS' if passed(r) else 'FAIL'}: {gate_text(r)} ({r['date'][:10]}, {r['machine']})")
-            else:
-                cells.append("not run yet")
-        lines.append(f"| {slug} | {expected.get('claim', '')} | {crit} | {cells[0]} | {cells[1]} "
-                     f"| `lmlab repro {slug}` |")
-        write_readme_block(folder)
-    path = root / "repro" / "INDEX.md"
-    tmp = path.with_name("INDEX.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+from lmlab.core import harness
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -191,18 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmlab.core.runtime import set_threads
-
-    set_threads()
-    root = repo_root()
-    todo = slugs(root) if args.slug == "all" else [args.slug]
-    records = []
-    for slug in todo:
-        print(f"== {slug}{' (smoke)' if args.smoke else ''}", file=sys.stderr, flush=True)
-        records.append(run_one(root, slug, args.smoke, args.overrides))
-    write_index(root)
-    print(table(records))
-    failed = [r["slug"] for r in records if not passed(r)]
+    records = harness.run_repros(args.slug, args.smoke, args.overrides,
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(harness.table(records))
+    failed = [r["slug"] for r in records if not harness.passed(r)]
     if failed:
         print(f"gates failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

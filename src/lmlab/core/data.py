@@ -9,13 +9,14 @@ disjoint draws without any sampler state.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from .runtime import atomic_open
 
 
 class BatchSource(Protocol):
@@ -90,12 +91,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Atomic JSONL write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    """Atomic JSONL write, one record a line, streamed (``runtime.atomic_open``): a failing record leaves ``path``
+    as it was."""
+    with atomic_open(path) as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Path(path)

@@ -88,13 +88,10 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Atomic JSON write (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Atomic JSON write (``runtime.atomic_write``); numpy / torch scalars become numbers, NaN and inf null."""
+    from .runtime import atomic_write  # here: importing this module stays free of torch
+
+    return atomic_write(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def repro_record(slug: str, claim: str, paper: dict, metrics: dict, gates: list[Gate], seconds: float,

@@ -8,10 +8,11 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -69,21 +70,32 @@ def cache_dir(*parts: str) -> Path:
     return p
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: readers see the old
-    file or the new one, never half of one, and a killed writer leaves no partial file under ``path``."""
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """``with atomic_open(path) as f: f.write(...)``: write through a temporary file in the same folder, flush it
+    to disk, then rename it over ``path``. Readers see the old file or the new one, never half of one; an error
+    (or a killed writer) leaves ``path`` as it was and no temporary file behind. ``mode``: "w" (text, UTF-8) or
+    "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
+        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see ``atomic_open``); returns ``path``."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
 
 
 class Timer:
@@ -116,10 +128,9 @@ class JsonlLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def truncate_after(self, step: int) -> None:
+        """Keep only the records with ``step <= step`` (atomic rewrite)."""
         keep = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def progress(it: Iterable | None = None, *, total: int | None = None, desc: str = "", disable: bool | None = None,

@@ -62,13 +62,10 @@ def _json_file(path: str | Path, must_exist: bool = False) -> Path:
 
 
 def _write_json(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path``'s tokenizer.json through a temporary file; returns the file."""
-    file = _json_file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(file)
-    return file
+    """Write ``text`` to ``path``'s tokenizer.json atomically (``runtime.atomic_write``); returns the file."""
+    from .runtime import atomic_write  # here: the tokenizer module stays free of torch
+
+    return atomic_write(_json_file(path), text)
 
 
 def _check_specials(specials: Sequence[str]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.runtime import atomic_open, atomic_write
 from lmlab.core.tokenizer import Tokenizer, fingerprint
 from lmlab.tasks.corpus_en.clean import CorpusError
 from lmlab.tasks.corpus_en.sources import SOURCES, Document, availability, folder_documents, folder_files
@@ -185,18 +186,6 @@ def _select(docs: list[Document], cfg: Config) -> tuple[list[Document], list[Doc
     return train, val, n_dupes
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _split_stats(docs: Sequence[Document], text: str) -> dict[str, Any]:
     return {"docs": len(docs), "bytes": len(text.encode("utf-8")), "chars": len(text),
             "words": sum(len(d.text.split()) for d in docs), "sha256": _sha(text)}
@@ -247,9 +236,9 @@ def build(cfg: Config | None = None) -> CorpusInfo:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # no manifest <=> not a complete build
     for split in SPLITS:
-        _atomic_write(out / f"{split}.txt", texts[split].encode("utf-8"))
+        atomic_write(out / f"{split}.txt", texts[split].encode("utf-8"))
     manifest = _manifest(cfg, inputs, skipped, train, val, texts, n_dupes, time.perf_counter() - t0)
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode("utf-8"))
     return CorpusInfo(out, manifest, reused=False)
 
 
@@ -290,14 +279,8 @@ def tokenize(split: str, tokenizer: Tokenizer, cfg: Config | None = None, *, eos
         for seq in encode_batch(batch) if encode_batch else [tokenizer.encode(t) for t in batch]:
             parts.append(np.asarray(list(seq) + tail, dtype=dtype))
     arr = np.concatenate(parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
     return arr
 
 
