@@ -37,7 +37,7 @@ bench: install corpus models
 	$(VENV)/bin/lmlab bench all
 
 index: install
-	$(PY) -c "from lmlab.core.harness import repo_root, write_index; print(write_index(repo_root()))"
+	$(PY) -c "from lmlab.harness import repo_root, write_index; print(write_index(repo_root()))"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

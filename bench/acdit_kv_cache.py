@@ -14,9 +14,9 @@ from functools import partial
 
 import torch
 
-from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
+from lmlab.harness import ABCase, ABRuns, ab_cases
 from lmlab.models.acdit import ACDiT, Config, analytic_sampling_flops, sample, sample_uncached
 
 SHAPE = dict(patch_size=1, dim=128, n_layers=2, n_heads=4)

@@ -15,11 +15,11 @@ import os
 
 import torch
 
-from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.hf import llama_from_transformer
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
+from lmlab.harness import ABCase, ABRuns, ab_cases
 
 CFG = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=512)
 PROMPT, NEW = 16, 128

@@ -18,12 +18,12 @@ from pathlib import Path
 import tomllib
 import torch
 
-from lmlab.core.harness import ABCase, ABRuns, ab_cases, repro_module
 from lmlab.core.hf import HFCausalLM, llama_from_transformer
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.gsd import Config, GraphSpeculative
+from lmlab.harness import ABCase, ABRuns, ab_cases, repro_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 
 from lmlab.cli.eval import build_task, greedy_targets
-from lmlab.core.harness import ABCase, ab_cases
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config, masked_decode
+from lmlab.harness import ABCase, ab_cases
 from lmlab.tasks.encoding import TaskCodec
 
 BATCH, DIM, LAYERS = 32, 64, 3

@@ -15,9 +15,9 @@ import functools
 import torch
 
 from lmlab.compression.transforms import kron_apply, kron_dense, kron_factors
-from lmlab.core.harness import ABCase, ab_cases
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer
+from lmlab.harness import ABCase, ab_cases
 
 SIZES = {"llama-3-8b hidden": 4096, "smollm2-135m hidden": 576}
 TOKENS = 256

@@ -15,10 +15,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.hf import load_pretrained
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
+from lmlab.harness import ABCase, ABRuns, ab_cases
 
 
 def validation_text() -> str:

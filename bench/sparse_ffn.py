@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from lmlab.compression import activation_sparsity as A
-from lmlab.core.harness import ABCase, ABRuns, ab_cases
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
+from lmlab.harness import ABCase, ABRuns, ab_cases
 
 RESULT = Path(__file__).resolve().parents[1] / "repro" / "sparsing_law" / "results" / "latest.json"
 DIM, FFN, LAYERS = 576, 1536, 30

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lmlab.core.harness import bench_names, load_bench, repo_root
+from lmlab.harness import bench_names, load_bench, repo_root
 
 NEEDS_SMOLLM2 = {"smollm2_ppl"}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core import harness
+from lmlab import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 

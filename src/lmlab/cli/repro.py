@@ -1,6 +1,6 @@
 """``lmlab repro <slug>|all [--smoke]``: run paper reproductions, check their gates, write results, print the table.
 
-The harness (folder layout, result files, INDEX.md and README sections) is ``lmlab.core.harness``.
+The harness (folder layout, result files, INDEX.md and README sections) is ``lmlab.harness``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmlab.core import harness
+from lmlab import harness
+from lmlab.core.runtime import use_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,9 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="reduced run (< 60 s) whose gates check plumbing only")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config.toml key")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | mps | auto (default: $LMLAB_DEVICE or cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
+    use_device(args.device)
     records = harness.run_repros(args.slug, args.smoke, args.overrides,
                                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(harness.table(records))

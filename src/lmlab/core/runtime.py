@@ -62,6 +62,16 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     return torch.device(spec)
 
 
+def use_device(spec: str | None) -> torch.device | None:
+    """Make ``spec`` the default device of everything run from here on (sets $LMLAB_DEVICE, which worker
+    processes inherit); None leaves the default as it is. The device is checked first."""
+    if not spec:
+        return None
+    dev = resolve_device(spec)
+    os.environ["LMLAB_DEVICE"] = spec
+    return dev
+
+
 def cache_dir(*parts: str) -> Path:
     """$LMLAB_CACHE (default ~/.cache/lmlab) / parts, created."""
     root = Path(os.environ.get("LMLAB_CACHE", Path.home() / ".cache" / "lmlab"))

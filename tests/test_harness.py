@@ -5,8 +5,8 @@ import statistics
 import pytest
 import torch
 
-from lmlab.core.harness import ABCase, ab_cases, measure_alternately
 from lmlab.core.results import bench_record
+from lmlab.harness import ABCase, ab_cases, measure_alternately
 
 
 def recording_arms(calls: list, values: dict[str, list[float]]) -> dict:
