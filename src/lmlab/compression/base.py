@@ -41,11 +41,20 @@ class Report:
     layers: list[LayerError] = field(default_factory=list)
     seconds: float = 0.0  # wall time of fit()
     notes: list[str] = field(default_factory=list)  # fallbacks taken (e.g. a dense transform, prime size)
+    fp_bytes: int = 0  # bytes of the model's tensors before compression (its own dtype; tied tensors once)
+    saved_bytes: int = 0  # bytes save_quantized wrote (model.safetensors + meta.json); 0 = not saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "settings": self.settings, "seconds": self.seconds,
-                "notes": self.notes,
+                "notes": self.notes, "fp_bytes": self.fp_bytes,
                 "layers": [vars(e) for e in self.layers]}
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of a model's state dict (parameters and persistent buffers), each shared storage counted once."""
+    seen = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel() * v.element_size()
+            for v in unwrap(model).state_dict().values()}
+    return sum(seen.values())
 
 
 class Compressor(Protocol):
@@ -78,6 +87,8 @@ class Arch:
     lm_head: str
     hook: str  # "module": attention calls block.<attn>.qkv_hook(q, k, v); "hf_interface": see qlayers.py
     model_types: tuple[str, ...] = ()  # for Hugging Face models: accepted config.model_type values
+    norm_offset: float = 0.0  # the norms scale by (norm_offset + weight): Gemma's (1 + w) RMSNorm has 1.0
+    no_rotation: str = ""  # why the residual stream cannot be rotated exactly (Hadamard / QuaRot refuses)
 
 
 _LLAMA_ROLES = ("attn_norm", "q", "k", "v", "o", "attn", "mlp_norm", "gate", "up", "down", "mlp")
@@ -95,7 +106,34 @@ ARCHS: dict[str, Arch] = {
                                 v="self_attn.v_proj", o="self_attn.o_proj", attn="self_attn",
                                 mlp_norm="post_attention_layernorm", gate="mlp.gate_proj", up="mlp.up_proj",
                                 down="mlp.down_proj", mlp="mlp")),
+    # Gemma-3 text blocks: q/k RMSNorms inside the attention (before RoPE, so the q/k hook after RoPE is
+    # untouched), (1 + w) RMSNorms, a sqrt(dim)-scaled embedding (left in full precision) and sandwich norms:
+    # post_attention_layernorm / post_feedforward_layernorm scale o_proj / down_proj outputs right before the
+    # residual add, which is why no residual rotation can be folded (R1 of QuaRot).
+    "hf-gemma3": Arch("hf-gemma3", layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
+                      lm_head="lm_head", hook="hf_interface", model_types=("gemma3_text",), norm_offset=1.0,
+                      no_rotation="Gemma-3 blocks scale the attention and MLP outputs by a post-norm (x / rms "
+                                  "* (1 + w)) right before the residual add; a rotation Q of the residual "
+                                  "stream does not commute with that per-channel scale and no linear layer "
+                                  "follows it to absorb Q, so R1 would have to run online",
+                      block=dict(attn_norm="input_layernorm", q="self_attn.q_proj", k="self_attn.k_proj",
+                                 v="self_attn.v_proj", o="self_attn.o_proj", attn="self_attn",
+                                 mlp_norm="pre_feedforward_layernorm", gate="mlp.gate_proj", up="mlp.up_proj",
+                                 down="mlp.down_proj", mlp="mlp")),
 }
+
+
+def families(method_needs_rotation: bool = False) -> str:
+    """The supported families as text, e.g. "lmlab, hf-llama (llama, mistral)" (rotatable ones only if asked)."""
+    return ", ".join(a.name + (f" ({', '.join(a.model_types)})" if a.model_types else "")
+                     for a in ARCHS.values() if not (method_needs_rotation and a.no_rotation))
+
+
+@torch.no_grad()
+def scale_norm(norm: nn.Module, c: torch.Tensor, arch: Arch) -> None:
+    """Multiply a norm's effective per-channel scale by c (C,): (off + w) <- (off + w) c, off = arch.norm_offset."""
+    off = arch.norm_offset
+    norm.weight.data = ((off + norm.weight.double()) * c - off).to(norm.weight.dtype)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -162,9 +200,10 @@ def resolve_arch(model: nn.Module) -> Arch:
             return arch
         report[arch.name] = missing[:4]
     names = _linear_names(root)
-    raise ValueError(f"no mapping table in lmlab.compression.base.ARCHS fits {type(root).__name__}; its "
-                     "linear "
-                     f"modules {names[:20]} are unmatched (tables tried, first missing paths: {report})")
+    model_type = getattr(getattr(root, "config", None), "model_type", None)
+    raise ValueError(f"no mapping table in lmlab.compression.base.ARCHS fits {type(root).__name__} "
+                     f"(model_type {model_type!r}); supported families: {families()}. Its linear modules "
+                     f"{names[:20]} are unmatched (tables tried, first missing paths: {report})")
 
 
 def blocks(model: nn.Module, arch: Arch) -> list[tuple[str, nn.Module]]:

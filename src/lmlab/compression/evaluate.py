@@ -3,16 +3,17 @@
 ``windows`` cuts a 1-D token stream into ``n`` windows of ``length`` tokens, either at seeded random offsets
 (calibration, FlatQuant/GPTQ style) or evenly spaced over the whole stream (evaluation: every part of a
 validation split is represented). A stream too short for the request is an error, never a silent shrink.
-``perplexity`` is exp(mean next-token NLL) over all predicted tokens of the windows.
+``perplexity`` is exp(mean next-token NLL) over all predicted tokens of the windows and ``score_windows`` the
+full result (``core.scoring``: the one NLL implementation, with the tokenizer's BOS convention).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
+
+from lmlab.core.scoring import NLL, score
 
 
 def windows(tokens: np.ndarray | torch.Tensor, n: int, length: int, seed: int | None = None) -> torch.Tensor:
@@ -35,15 +36,18 @@ def windows(tokens: np.ndarray | torch.Tensor, n: int, length: int, seed: int | 
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 4) -> float:
-    """exp(mean NLL) of next-token prediction over windows ids (N, T) (T - 1 predictions per window)."""
+def perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, bos_id: int | None = None) -> float:
+    """exp(mean NLL) of next-token prediction over windows ids (N, T), in eval mode: T - 1 predictions per
+    window, or T with ``bos_id`` put in front (``core.scoring.bos_convention(tokenizer)`` says whether)."""
+    return score_windows(model, ids, batch_size, bos_id).perplexity
+
+
+@torch.no_grad()
+def score_windows(model: nn.Module, ids: torch.Tensor, batch_size: int = 4, bos_id: int | None = None) -> NLL:
+    """``core.scoring.score`` in eval mode: total / mean NLL, tokens, perplexity and whether BOS was used."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for batch in ids.split(batch_size):
-        logits = model(batch)  # (b, T, V)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
-                                                reduction="sum")
-        total, count = total + float(nll), count + batch[:, 1:].numel()
-    model.train(was_training)
-    return math.exp(total / count)
+    try:
+        return score(model, ids, bos_id=bos_id, batch_size=batch_size)
+    finally:
+        model.train(was_training)

@@ -35,9 +35,11 @@ from .base import (
     Stopwatch,
     blocks,
     check_replaced,
+    families,
     get_module,
     head_shape,
     resolve_arch,
+    state_bytes,
     unwrap,
 )
 from .layerwise import BlockData, block_mse, copy_block, layerwise
@@ -152,7 +154,11 @@ class Hadamard:
 
     def fit(self, model: nn.Module, calib: torch.Tensor | None = None) -> tuple[nn.Module, Report]:
         c, bits, arch = self.cfg, self.bits, resolve_arch(model)
-        report = Report("hadamard", {**to_dict(c), "arch": arch.name})
+        if arch.no_rotation:
+            raise ValueError(f"Hadamard (QuaRot) cannot rotate a {arch.name!r} model exactly: {arch.no_rotation}. "
+                             f"Supported families: {families(method_needs_rotation=True)}; rtn and flatquant "
+                             f"(per-layer transforms, no residual rotation) support {arch.name!r}")
+        report = Report("hadamard", {**to_dict(c), "arch": arch.name}, fp_bytes=state_bytes(model))
         gen = torch.Generator().manual_seed(c.seed)
         if c.gptq and calib is None:
             raise ValueError("Hadamard(gptq=True) needs calibration token ids; got calib=None")

