@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.cli.eval import build_task, greedy_targets
 from lmlab.core.results import bench_record
 from lmlab.core.runtime import Timer, resolve_device
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config, masked_decode
+from lmlab.decoding.reference import greedy_fill
 from lmlab.harness import ABCase, ab_cases
+from lmlab.recipes.tasks import build_task
 from lmlab.tasks.encoding import TaskCodec
 
 BATCH, DIM, LAYERS = 32, 64, 3
@@ -59,7 +60,7 @@ def run(quick: bool = False) -> dict:
             return masked_decode(diffusion, ids, maskable, codec.mask_id, cfg).stats.model_calls
 
         def b() -> int:
-            return greedy_targets(ar, ids, maskable, codec.eos_id, stop_at_eos=False)[1]
+            return greedy_fill(ar, ids, maskable, codec.eos_id, stop_at_eos=False)[1]
 
         return ABCase(f"T={steps}", {"a": lambda r: per_second(a, positions), "b": lambda r: per_second(b, positions)},
                       rounds, record_runs=False,

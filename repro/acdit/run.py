@@ -23,7 +23,7 @@ from lmlab.models.acdit import (
     sample_uncached,
 )
 from lmlab.objectives.block_diffusion import Config as LossConfig
-from lmlab.objectives.block_diffusion import TrainJob, evaluate, load_data, train
+from lmlab.recipes.acdit import TrainJob, evaluate, load_data, train
 from lmlab.tasks import digits
 
 HERE = Path(__file__).resolve().parent

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from lmlab.cli.train import DataConfig, build_tokenizer, text_splits
 from lmlab.core.runtime import cache_dir
 from lmlab.core.transformer import TransformerConfig
 from lmlab.laws.batch_size import LAWS, REFERENCE, Config, critical_batch, optimal_batch, train_run
+from lmlab.recipes.text import DataConfig, build_tokenizer, text_splits
 
 TRAINING_KEYS = ("max_bytes", "dim", "n_layers", "n_heads", "seq_len", "batches", "lr0", "batch0", "lr_mults",
                  "tokens", "eval_every_tokens", "warmup_steps", "noise_every", "eval_batches")

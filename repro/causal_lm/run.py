@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from lmlab.cli.train import DataConfig, job_class, run_job
 from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import TransformerConfig
+from lmlab.recipes.text import DataConfig, TextJob, train_lm
 
 
 def run(cfg: dict, smoke: bool) -> dict:
-    job = job_class()(
+    job = TextJob(
         objective="causal_lm", threads=cfg["threads"],
         model=TransformerConfig(dim=cfg["dim"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                                 max_seq_len=cfg["seq_len"]),
@@ -17,7 +17,7 @@ def run(cfg: dict, smoke: bool) -> dict:
         data=DataConfig(source="corpus_en", tokenizer="bpe", bpe_vocab=cfg["bpe_vocab"], max_bytes=cfg["max_bytes"],
                         seq_len=cfg["seq_len"], batch_size=cfg["batch_size"]),
     )
-    out = run_job(job)
+    out = train_lm(job)
     out["params_millions"] = out["params"] / 1e6
     out["bpb_over_unigram"] = out["val_bpb"] / out["unigram_bpb"]
     return out

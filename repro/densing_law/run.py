@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from lmlab.cli.train import DataConfig, text_splits
 from lmlab.core.data import TokenWindows
 from lmlab.core.tokenizer import ByteTokenizer
 from lmlab.core.train import TrainConfig, Trainer
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.laws.capacity_density import Config, ReferenceCurve, densing_fit, densing_points, load_models
 from lmlab.objectives.causal_lm import CausalLM
+from lmlab.recipes.text import DataConfig, text_splits
 
 RESULTS = Path(__file__).parent / "results"
 TOK = ByteTokenizer()

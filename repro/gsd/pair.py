@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmlab.cli.train import DataConfig, build_tokenizer, text_splits
 from lmlab.core.checkpoint import load_model, save_model
 from lmlab.core.config import to_dict
 from lmlab.core.data import TokenWindows
@@ -24,6 +23,7 @@ from lmlab.core.tokenizer import load_tokenizer
 from lmlab.core.train import TrainConfig, Trainer
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.objectives.causal_lm import CausalLM
+from lmlab.recipes.text import DataConfig, build_tokenizer, text_splits
 
 PAIR_KEYS = ("max_bytes", "bpe_vocab", "seq_len", "batch_size", "target_dim", "target_layers", "target_heads",
              "target_steps", "draft_dim", "draft_layers", "draft_heads", "draft_steps", "lr", "seed")

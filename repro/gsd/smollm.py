@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.cli.train import DataConfig, text_splits
 from lmlab.core.checkpoint import load_model, save_model
 from lmlab.core.config import to_dict
 from lmlab.core.runtime import cache_dir
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.drafts import SubVocabDraft, layer_skip, parse_skip
+from lmlab.recipes.text import DataConfig, text_splits
 
 from .pair import train_lm
 

@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from lmlab.cli.eval import TaskDataConfig, fit_codec, is_bidirectional, make_data, solve
 from lmlab.core.data import ExampleBatches
 from lmlab.core.runtime import seed_everything
 from lmlab.core.train import TrainConfig, Trainer
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
 from lmlab.objectives import REGISTRY as OBJECTIVES
+from lmlab.recipes.tasks import TaskDataConfig, fit_codec, is_bidirectional, make_data, solve
 
 
 def position_report(model, task, codec, test) -> tuple[float, list[float]]:

@@ -1,7 +1,7 @@
 """MGDM vs MDM vs AR at identical model size, steps, batch and data, on planning and a harder task.
 
 For each task in ``[gate1_task] + hard_tasks`` and each arm (objective registry name) a core Transformer is
-trained with ``lmlab.cli.eval.train_on_task`` and scored by the task's exact verifier on held-out prompts (AR:
+trained with ``lmlab.recipes.tasks.train_on_task`` and scored by the task's exact verifier on held-out prompts (AR:
 greedy; diffusion: ``masked_decode`` easy-first top-k, T = decode_steps). Metrics are
 ``<task>_<arm>_acc``, ``<task>_mgdm_minus_ar``, ``<task>_mgdm_minus_mdm``, the best gap over the hard tasks,
 loss drops, decode validity (givens untouched, no <mask> left, well-formed answers) and CPU seconds.
@@ -24,11 +24,11 @@ from statistics import mean
 
 import torch
 
-from lmlab.cli.eval import TaskDataConfig, accuracy, build_task, solve, train_on_task
 from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
 from lmlab.decoding.masked import masked_decode
+from lmlab.recipes.tasks import TaskDataConfig, accuracy, build_task, solve, train_on_task
 
 SHORT = {"causal_lm": "ar", "mdm": "mdm", "mgdm": "mgdm"}
 

@@ -26,7 +26,7 @@ def test_info_and_errors(capsys):
 def test_train_cli_on_a_text_file(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    rc = main(["train", "--data.source", str(text), "--data.tokenizer", "byte", "--data.seq-len", "32",
+    rc = main(["train", "lm", "--data.source", str(text), "--data.tokenizer", "byte", "--data.seq-len", "32",
                "--data.batch-size", "4", "--model.dim", "32", "--model.n-layers", "1", "--model.n-heads", "2",
                "--train.steps", "30", "--train.lr", "3e-3", "--train.warmup-steps", "2",
                "--set", f"train.run_dir={tmp_path / 'run'}", "--set", "train.progress=false"])
@@ -35,4 +35,4 @@ def test_train_cli_on_a_text_file(tmp_path, capsys):
     bpb = float(out.split("val_bpb:")[1].split()[0])
     assert bpb < 6.0  # 30 steps of a byte model on repetitive text beat the uniform 8 bits per byte
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    assert main(["train", "--set", "train.nope=1"]) == 2
+    assert main(["train", "lm", "--set", "train.nope=1"]) == 2

@@ -1,12 +1,11 @@
 """``lmlab compress`` on a tiny lmlab checkpoint with a text file: quantize, save, reload, bad input."""
 
-import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmlab.cli import compress
+from lmlab.cli.main import main
 from lmlab.compression.saving import load_quantized
 from lmlab.core.checkpoint import save_model
 from lmlab.core.config import to_dict
@@ -16,10 +15,8 @@ from lmlab.core.transformer import Transformer, TransformerConfig
 TEXT = Path(__file__).resolve().parents[1] / "fixtures" / "text" / "genesis_1.txt"
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    compress.add_arguments(p)
-    return p.parse_args(argv)
+def compress(argv: list[str]) -> int:
+    return main(["compress", *argv])
 
 
 @pytest.fixture
@@ -34,11 +31,11 @@ def checkpoint(tmp_path):
 
 def test_compress_flatquant_from_checkpoint_and_text(checkpoint, tmp_path, capsys):
     out = tmp_path / "q"
-    args = parse(["--method", "flatquant", "--bits", "w4a4kv4", "--model", str(checkpoint),
+    rc = compress(["--method", "flatquant", "--bits", "w4a4kv4", "--model", str(checkpoint),
                   "--calib", str(TEXT),
                   "--out", str(out), "--set", "nsamples=4", "--set", "seq_len=32", "--set", "epochs=1",
                   "--eval", "2", "--eval-len", "32"])
-    assert compress.run(args) == 0
+    assert rc == 0
     printed = capsys.readouterr().out
     assert "perplexity before" in printed and "perplexity after" in printed and "2 blocks" in printed
     model, meta = load_quantized(out)
@@ -47,24 +44,25 @@ def test_compress_flatquant_from_checkpoint_and_text(checkpoint, tmp_path, capsy
 
 
 def test_compress_data_free_method_without_calibration(checkpoint, tmp_path):
-    args = parse(["--method", "hadamard", "--bits", "w4a16", "--model", str(checkpoint / "model"),
+    rc = compress(["--method", "hadamard", "--bits", "w4a16", "--model", str(checkpoint / "model"),
                   "--calib", "none", "--out", str(tmp_path / "h")])
-    assert compress.run(args) == 0
+    assert rc == 0
     assert load_quantized(tmp_path / "h")[1]["report"]["layers"] == []
 
 
-def test_compress_bad_input(checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="unsupported weight bit width 9"):
-        compress.run(parse(["--method", "rtn", "--bits", "w9", "--model", str(checkpoint), "--calib", "none",
-                            "--out", str(tmp_path / "x")]))
-    with pytest.raises(ValueError, match="too short"):  # 1.4 KB of text cannot give 64 windows of 512 tokens
-        compress.run(parse(["--method", "rtn", "--model", str(checkpoint), "--calib", str(TEXT),
-                            "--nsamples", "64", "--out", str(tmp_path / "x"), "--eval", "64"]))
-    with pytest.raises(ValueError, match="neither an lmlab checkpoint"):
-        compress.run(parse(["--method", "rtn", "--model", str(tmp_path / "nothing"), "--calib", "none",
-                            "--out", str(tmp_path / "x")]))
-    with pytest.raises(KeyError, match="unknown compression method"):
-        compress.run(parse(["--method", "gptq9", "--model", str(checkpoint), "--out", str(tmp_path / "x")]))
+def test_compress_bad_input(checkpoint, tmp_path, capsys):
+    cases = [
+        (["--method", "rtn", "--bits", "w9", "--model", str(checkpoint), "--calib", "none"],
+         "unsupported weight bit width 9"),
+        # 1.4 KB of text cannot give 64 windows of 512 tokens
+        (["--method", "rtn", "--model", str(checkpoint), "--calib", str(TEXT), "--nsamples", "64", "--eval", "64"],
+         "too short"),
+        (["--method", "rtn", "--model", str(tmp_path / "nothing"), "--calib", "none"], "neither an lmlab folder"),
+        (["--method", "gptq9", "--model", str(checkpoint)], "unknown compression method"),
+    ]
+    for argv, msg in cases:
+        assert compress([*argv, "--out", str(tmp_path / "x")]) == 2
+        assert msg in capsys.readouterr().err
 
 
 def test_compress_a_hugging_face_llama_folder(tmp_path, capsys):
@@ -84,10 +82,14 @@ def test_compress_a_hugging_face_llama_folder(tmp_path, capsys):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
     out = tmp_path / "q"
-    args = parse(["--method", "rtn", "--bits", "w4a8", "--model", str(folder), "--calib", str(TEXT),
-                  "--out", str(out), "--nsamples", "4", "--seq-len", "32", "--eval", "2", "--eval-len", "32"])
-    assert compress.run(args) == 0
-    assert "perplexity after" in capsys.readouterr().out
+    assert compress(["--method", "rtn", "--bits", "w4a8", "--model", str(folder), "--calib", str(TEXT),
+                     "--out", str(out), "--nsamples", "4", "--seq-len", "32", "--eval", "2", "--eval-len", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity after" in printed and "vs full precision" in printed
+    import lmlab
+
+    reloaded, tok, meta2 = lmlab.load(out)  # everything lmlab writes, lmlab.load reads
+    assert meta2["kind"] == "lmlab-quantized" and tok is not None
     model, meta = load_quantized(out)
     assert meta["report"]["settings"]["bits"] == "w4a8"
     ids = torch.randint(0, 256, (1, 12))

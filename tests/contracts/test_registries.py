@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 import lmlab
-from lmlab.cli.catalog import info_text
+from lmlab.catalog import info_text
 from lmlab.core.registry import load_target
 
 ENTRIES = [(f, n, e) for f, r in lmlab.registries().items() for n, e in r.items()]

@@ -1,4 +1,4 @@
-"""``lmlab generate`` on a checkpoint written like ``lmlab train`` does (model/ + tokenizer.json)."""
+"""``lmlab generate`` on a run folder written like ``lmlab train lm`` does (model/ + tokenizer.json)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def test_generate_prints_text_and_stats(tmp_path, capsys):
     assert rc == 0 and "tau" in greedy and "draft_tokens_per_token" in greedy
     text = greedy.split("\n\n")[0]
     for extra in (["--decoder", "gsd", "--draft", "skip:1", "--set", "depth=3", "--set", "merge_context=0"],
-                  ["--decoder", "tree", "--draft", tmp_path / "small"],
-                  ["--decoder", "chain", "--draft", tmp_path / "small" / "model"]):
+                  ["--decoder", "tree_sd", "--draft", tmp_path / "small"],
+                  ["--decoder", "chain_sd", "--draft", tmp_path / "small" / "model"]):
         rc, out, err = run(capsys, *common, *extra)
         assert rc == 0, err
         assert out.split("\n\n")[0] == text  # greedy speculative decoding prints the same text
@@ -42,16 +42,16 @@ def test_generate_prints_text_and_stats(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--decoder", "gsd"], "needs --draft"),
+    (["--decoder", "gsd"], "needs a draft model"),
     (["--decoder", "sample", "--temperature", "0"], "temperature must be > 0"),
     (["--decoder", "gsd", "--draft", "skip:0", "--sample", "--temperature", "-1"], "temperature must be > 0"),
     (["--decoder", "gsd", "--draft", "skip:0", "--set", "budget=0"], "budget must be >= 1, got 0"),
     (["--decoder", "gsd", "--draft", "skip:0,1,2"], "removes all 3 layers"),
-    (["--decoder", "chain", "--draft", "OTHER"], "another tokenizer"),
+    (["--decoder", "chain_sd", "--draft", "OTHER"], "another tokenizer"),
     (["--max-new-tokens", "500"], "exceeds the model's context of 160"),
-    (["--temperature", "0.5"], "--temperature only apply when sampling"),
-    (["--decoder", "gsd", "--draft", "skip:0", "--top-k", "3"], "--top-k only apply when sampling"),
-    (["--decoder", "greedy", "--sample"], "use --decoder sample"),
+    (["--temperature", "0.5"], "temperature only apply when sampling"),
+    (["--decoder", "gsd", "--draft", "skip:0", "--top-k", "3"], "top_k only apply when sampling"),
+    (["--decoder", "greedy", "--sample"], "use decoder 'sample'"),
 ])
 def test_generate_errors_name_the_problem(tmp_path, capsys, extra, msg):
     write_run(tmp_path / "big")

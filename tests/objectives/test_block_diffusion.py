@@ -12,15 +12,8 @@ from torch import nn
 from lmlab.core.train import TrainConfig
 from lmlab.models.acdit import ACDiT, NoiseSchedule
 from lmlab.models.acdit import Config as ModelConfig
-from lmlab.objectives.block_diffusion import (
-    BlockDiffusion,
-    Config,
-    TrainJob,
-    generate,
-    load_data,
-    load_trained,
-    train,
-)
+from lmlab.objectives.block_diffusion import BlockDiffusion, Config
+from lmlab.recipes.acdit import TrainJob, generate, load_data, load_trained, train
 
 
 class Recorder(nn.Module):
@@ -97,10 +90,18 @@ def test_digits_recipe_trains_saves_loads_and_samples(tmp_path):
     images = generate(loaded, torch.tensor([3, 3, 7]), job2, seed=5)
     assert images.shape == (3, 1, 8, 8) and images.abs().max() <= 1.0
     assert torch.equal(images, generate(loaded, torch.tensor([3, 3, 7]), job2, seed=5))
-    with pytest.raises(ValueError, match="not an ACDiT checkpoint"):
-        (tmp_path / "other").mkdir()
-        (tmp_path / "other" / "meta.json").write_text('{"kind": "something-else"}')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "meta.json").write_text('{"kind": "something-else"}')
+    with pytest.raises(ValueError, match="something-else"):
         load_trained(tmp_path / "other")
+    from lmlab.core.checkpoint import save_model
+    from lmlab.core.config import to_dict
+    from lmlab.core.transformer import Transformer, TransformerConfig
+
+    lm = Transformer(TransformerConfig(vocab_size=11, dim=16, n_layers=1, n_heads=2))
+    save_model(tmp_path / "lm", lm, to_dict(lm.cfg))
+    with pytest.raises(ValueError, match="not an ACDiT run"):
+        load_trained(tmp_path / "lm")
 
 
 def test_a_folder_of_pngs_trains_end_to_end_and_mismatches_are_named(tmp_path):

@@ -12,31 +12,8 @@ density from its benchmark score with a reference curve saved by ``ReferenceCurv
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from typing import Any
-
-
-def available_laws() -> dict[str, tuple[str, Any]]:
-    """law name -> (registry name, Law), over every laws-registry module that defines ``LAWS``."""
-    from lmlab.laws import REGISTRY
-
-    out: dict[str, tuple[str, Any]] = {}
-    for name, entry in REGISTRY.items():
-        laws = getattr(importlib.import_module(entry.module), "LAWS", None) or {}
-        for law_name, law in laws.items():
-            out.setdefault(law_name, (name, law))
-    return out
-
-
-def find_law(name: str):
-    laws = available_laws()
-    if name in laws:
-        return laws[name][1]
-    owned = [law for reg, law in laws.values() if reg == name]
-    if owned:
-        return owned[0]
-    raise ValueError(f"unknown law {name!r}; known: {', '.join(sorted(laws))} (see `lmlab fit --list`)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +45,8 @@ def _density(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmlab.laws.base import available_laws, find_law
+
     if args.list:
         for name, (reg, law) in sorted(available_laws().items()):
             print(f"{name:<20} [{reg}] {law.formula}  ({law.source})")

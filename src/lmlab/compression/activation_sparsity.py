@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.runtime import Timer
 from lmlab.core.scoring import score
 
-from .base import Report, Stopwatch, set_module
+from .base import Report, set_module
 
 STRATEGIES = ("cett", "topk_token", "topk_batch", "fat")
 OFFICIAL = "official calc_thresholds_given_cett"
@@ -354,7 +355,7 @@ class PPLPSparsity:
     @torch.no_grad()
     def fit(self, model: nn.Module, calib: torch.Tensor | Iterable[torch.Tensor]) -> tuple[nn.Module, Report]:
         cfg, batches = self.cfg, as_batches(calib)
-        with Stopwatch() as sw:
+        with Timer() as sw:
             ffns = install(model)
             for f in ffns:  # dense run, recording h for the CETT thresholds (as the official code)
                 f.mode, f.record, f.recorded, f.gate_max = "dense", True, [], 0.0

@@ -17,7 +17,6 @@ does; ``check_replaced`` refuses to return a model that still holds an ``nn.Line
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,17 +60,6 @@ class Compressor(Protocol):
     def fit(self, model: nn.Module, calib: torch.Tensor | None) -> tuple[nn.Module, Report]:
         """Compress ``model`` in place with calibration token ids ``calib`` (N, T); return it and a report."""
         ...
-
-
-class Stopwatch:
-    """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
-
-    def __enter__(self) -> Stopwatch:
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.t0
 
 
 # ---------------------------------------------------------------- mapping tables

@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.runtime import Timer
+from lmlab.core.transformer import Transformer
 
 from .base import (
     Arch,
     LayerError,
     Report,
-    Stopwatch,
     blocks,
     check_replaced,
     families,
@@ -106,9 +107,9 @@ def untie_head(model: nn.Module, arch: Arch) -> None:
     head, emb = get_module(root, arch.lm_head), get_module(root, arch.embed)
     if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
         head.weight = nn.Parameter(head.weight.detach().clone())
-    if hasattr(root, "cfg") and hasattr(root.cfg, "tie_embeddings"):
+    if isinstance(root, Transformer):
         root.cfg.tie_embeddings = False
-    if hasattr(root, "config"):
+    elif hasattr(root, "config"):  # a Hugging Face model
         root.config.tie_word_embeddings = False
 
 
@@ -162,7 +163,7 @@ class Hadamard:
         gen = torch.Generator().manual_seed(c.seed)
         if c.gptq and calib is None:
             raise ValueError("Hadamard(gptq=True) needs calibration token ids; got calib=None")
-        with Stopwatch() as sw:
+        with Timer() as sw:
             before: list[float] = []
             if calib is not None:  # plain RTN error of each original block, for the report
                 def rtn_error(i: int, path: str, block: nn.Module, data: BlockData) -> None:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.runtime import Timer
 
-from .base import LayerError, Report, Stopwatch, blocks, check_replaced, resolve_arch, state_bytes
+from .base import LayerError, Report, blocks, check_replaced, resolve_arch, state_bytes
 from .layerwise import BlockData, block_mse, layerwise
 from .qlayers import quantize_block
 from .quantizers import Bits
@@ -47,7 +48,7 @@ class RTN:
     def fit(self, model: nn.Module, calib: torch.Tensor | None = None) -> tuple[nn.Module, Report]:
         arch = resolve_arch(model)
         report = Report("rtn", {**to_dict(self.cfg), "arch": arch.name}, fp_bytes=state_bytes(model))
-        with Stopwatch() as sw:
+        with Timer() as sw:
             if calib is None:
                 for _, block in blocks(model, arch):
                     self.quantize(block, arch)

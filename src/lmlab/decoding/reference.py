@@ -77,3 +77,37 @@ class Sample:
     def generate(self, model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int,
                  seed: int | None = None, eos_id: int | None = None) -> Generation:
         return autoregressive(model, prompt, max_new_tokens, self.sampling, seed, eos_id)
+
+
+@torch.no_grad()
+def greedy_fill(model: Any, ids: torch.Tensor, maskable: torch.Tensor, eos_id: int | None = None,
+                stop_at_eos: bool = True) -> tuple[torch.Tensor, int]:
+    """Batched greedy decoding: fill the ``maskable`` tail of each row of ``ids`` (B, L) with the model's argmax.
+
+    Rows are grouped by prompt length (the non-maskable head) and each group decodes with one KV cache, one
+    prefill and one single-token forward per position, the same steps ``Greedy`` takes for one row. A group
+    stops early once every row has emitted ``eos_id`` (when ``stop_at_eos``); positions after a row's eos are
+    left as the model wrote them. Returns (tokens (B, L) on the model's device, model calls).
+    """
+    device = model.device
+    ids, maskable = ids.to(device), maskable.to(device)
+    out = ids.clone()
+    plen = (~maskable).sum(-1)  # (B,) prompt length per row
+    calls = 0
+    for p in plen.unique().tolist():
+        rows = (plen == p).nonzero().squeeze(-1)  # (b,)
+        n = ids.shape[1] - p
+        cache = model.new_cache(batch=len(rows), max_len=ids.shape[1])
+        logits = model(ids[rows, :p], cache=cache)[:, -1]  # (b, V)
+        calls += 1
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for i in range(n):
+            nxt = logits.argmax(-1)  # (b,)
+            out[rows, p + i] = nxt
+            if eos_id is not None:
+                done |= nxt == eos_id
+            if i + 1 == n or (stop_at_eos and bool(done.all())):
+                break
+            logits = model(nxt[:, None], cache=cache)[:, -1]
+            calls += 1
+    return out, calls

@@ -339,3 +339,27 @@ def power_law(name: str, x: str, y: str, *, k: tuple[float, float] = (1e-12, 1e1
     return Law(name, lambda xv, kv, ev: kv * xv ** ev,
                (Param("k", *k, log=True), Param("e", *e)), x=(x,), y=y, formula=f"{y} = k * {x}^e",
                positive=(x,), source=source, delta=delta)
+
+
+def available_laws() -> dict[str, tuple[str, Any]]:
+    """law name -> (registry name, Law), over every laws-registry module that defines ``LAWS``."""
+    import importlib
+
+    from lmlab.laws import REGISTRY
+
+    out: dict[str, tuple[str, Any]] = {}
+    for name, entry in REGISTRY.items():
+        laws = getattr(importlib.import_module(entry.module), "LAWS", None) or {}
+        for law_name, law in laws.items():
+            out.setdefault(law_name, (name, law))
+    return out
+
+
+def find_law(name: str):
+    laws = available_laws()
+    if name in laws:
+        return laws[name][1]
+    owned = [law for reg, law in laws.values() if reg == name]
+    if owned:
+        return owned[0]
+    raise ValueError(f"unknown law {name!r}; known: {', '.join(sorted(laws))} (see `lmlab fit --list`)")

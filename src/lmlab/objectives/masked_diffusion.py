@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.core.config import param
+from lmlab.core.lm import require_lm
 from lmlab.core.train import LossOutput
 
 SEQ_WEIGHTS = ("linear", "elbo", "uniform")
@@ -108,12 +109,9 @@ def diffusion_loss(logits: torch.Tensor, ids: torch.Tensor, masked: torch.Tensor
 
 
 def vocab_size_of(model: torch.nn.Module) -> int:
-    m = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    for cfg_name in ("cfg", "config"):
-        v = getattr(getattr(m, cfg_name, None), "vocab_size", None)
-        if isinstance(v, int):
-            return v
-    raise ValueError(f"cannot read the vocabulary size of {type(m).__name__}; set the objective's mask_id")
+    """The vocabulary of an LM (``core.lm.LM``), also under DistributedDataParallel (``.module``)."""
+    m = getattr(model, "module", model)
+    return require_lm(m, "the masked-diffusion objective (or set its mask_id)").vocab_size
 
 
 class MaskedDiffusion:

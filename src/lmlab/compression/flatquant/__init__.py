@@ -31,6 +31,7 @@ CPU runs lower them (``repro/flatquant``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,8 +39,9 @@ import torch
 from torch import nn
 
 from lmlab.core.config import param, to_dict
+from lmlab.core.runtime import Timer
 
-from ..base import Arch, LayerError, Report, Stopwatch, check_replaced, get_module, resolve_arch, state_bytes
+from ..base import Arch, LayerError, Report, check_replaced, get_module, resolve_arch, state_bytes
 from ..layerwise import BlockData, block_mse, copy_block, layerwise
 from ..qlayers import quantize_block
 from ..quantizers import Bits
@@ -88,7 +90,7 @@ class FlatQuant:
     def __init__(self, cfg: Config | None = None, log: Callable[[str], None] | None = None):
         self.cfg = cfg or Config()
         self.bits = Bits.parse(self.cfg.bits)
-        self.log = log or (lambda msg: None)
+        self.log = log or logging.getLogger(__name__).info  # per-block progress (the CLI shows INFO on stderr)
         if self.cfg.epochs < 0 or self.cfg.nsamples < 1 or self.cfg.seq_len < 1:
             raise ValueError(f"epochs >= 0, nsamples >= 1 and seq_len >= 1 required, got {self.cfg}")
 
@@ -128,7 +130,7 @@ class FlatQuant:
             first = f"{history[0]:.3g} -> {history[-1]:.3g}" if history else "no training"
             self.log(f"{path}: rtn mse {before:.4g}, flatquant mse {after:.4g} (train loss {first})")
 
-        with Stopwatch() as sw:
+        with Timer() as sw:
             try:
                 layerwise(model, arch, calib, c.batch_size, step)
             finally:

@@ -1,16 +1,16 @@
-"""Task training / evaluation plumbing: presets, cached greedy == recomputation, train -> eval round trip."""
+"""Task recipe: presets, batched cached greedy == recomputation, train -> eval round trip, the CLI verbs."""
 
-import argparse
 import dataclasses
 
 import pytest
 import torch
 
-from lmlab.cli import eval as ev
 from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
 from lmlab.decoding.masked import masked_decode
+from lmlab.decoding.reference import greedy_fill
+from lmlab.recipes import tasks as ev
 from lmlab.tasks.encoding import TaskCodec
 
 
@@ -42,7 +42,7 @@ def test_cached_greedy_equals_greedy_by_recomputation():
     with torch.no_grad():
         model.tok_emb.weight.normal_(0, 1)  # peaked logits: no near-ties
     ids, maskable = codec.encode_prompts([e.prompt for e in examples])
-    out, calls = ev.greedy_targets(model, ids, maskable, codec.eos_id, stop_at_eos=False)
+    out, calls = greedy_fill(model, ids, maskable, codec.eos_id, stop_at_eos=False)
     ref = ids.clone()
     with torch.no_grad():
         for b in range(len(examples)):
@@ -53,53 +53,48 @@ def test_cached_greedy_equals_greedy_by_recomputation():
 
 
 @pytest.mark.parametrize("objective", ["mgdm", "causal_lm"])
-def test_train_then_eval_round_trip(tmp_path, capsys, objective):
+def test_train_then_eval_round_trip(tmp_path, objective):
     data = ev.TaskDataConfig(n_train=64, n_test=16, batch_size=8, decode_steps=4)
     run = ev.train_on_task(objective, "planning", TransformerConfig(dim=16, n_layers=1, n_heads=2),
                            TrainConfig(steps=3, warmup_steps=1, progress=False, run_dir=str(tmp_path)), data)
     assert run["model"].cfg.mask == ("bidirectional" if objective == "mgdm" else "causal")
     assert 0.0 <= ev.accuracy(run["model"], run["task"], run["codec"], run["test"]) <= 1.0
-    p = argparse.ArgumentParser()
-    ev.add_arguments(p)
-    args = p.parse_args(["--checkpoint", str(tmp_path), "--n", "5", "--decode.steps", "2"])
-    assert ev.run(args) == 0
-    out = capsys.readouterr().out
-    assert "planning" in out and "accuracy" in out
+    mode, rows = ev.evaluate_run(tmp_path, n=5, decode=DecodeConfig(steps=2))
+    assert rows[0]["task"] == "planning" and rows[0]["n"] == 5 and 0.0 <= rows[0]["accuracy"] <= 1.0
     model, codec, spec = ev.load_run(tmp_path)
     assert spec == "planning" and dataclasses.asdict(model.cfg) == dataclasses.asdict(run["model"].cfg)
 
 
-def test_lmlab_train_with_task_routes_here_then_eval_reads_the_run(tmp_path, capsys):
-    from lmlab.cli.main import main, route
+def test_lmlab_train_task_then_eval_reads_the_run(tmp_path, capsys):
+    from lmlab.cli.main import main
 
-    assert route("train", ["--task", "countdown4"]) == route("train", ["--task=x"]) == "lmlab.cli.eval"
-    assert route("train", ["--objective", "mgdm"]) == "lmlab.cli.train"
     run_dir = tmp_path / "run"
-    code = main(["train", "--task", "planning2", "--objective", "mgdm", "--model.dim", "16", "--model.n-heads", "2",
-                 "--train.steps", "3", "--train.warmup-steps", "1", "--train.progress", "false",
+    code = main(["train", "task", "--task", "planning2", "--objective", "mgdm", "--model.dim", "16",
+                 "--model.n-heads", "2", "--train.steps", "3", "--train.warmup-steps", "1", "--train.progress", "false",
                  "--train.run-dir", str(run_dir), "--task-data.n-train", "40", "--task-data.n-test", "8",
                  "--task-data.decode-steps", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "accuracy" in out and "steps: 3" in out
-    assert main(["eval", "--checkpoint", str(run_dir), "--n", "5", "--decode.steps", "2", "--decode.order", "random",
+    assert main(["eval", "--model", str(run_dir), "--n", "5", "--decode.steps", "2", "--decode.order", "random",
                  "--task", "planning2", "--task", "planning2:branches=2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert "masked decoding T=2 random linear remask=False" in table[0]
     assert [row.split()[:2] for row in table[2:]] == [["planning2", "5"], ["planning2:branches=2", "5"]]
-    assert main(["eval", "--checkpoint", str(run_dir), "--decode.order", "sideways"]) == 2
+    assert main(["eval", "--model", str(run_dir), "--decode.order", "sideways"]) == 2
     assert "sideways" in capsys.readouterr().err
-    assert main(["train", "--task", "chess", "--train.steps", "1"]) == 2
+    assert main(["train", "task", "--task", "chess", "--train.steps", "1"]) == 2
     assert "unknown task 'chess'" in capsys.readouterr().err
 
 
-def test_run_task_job_is_what_lmlab_train_calls_with_a_task(tmp_path):
-    from types import SimpleNamespace
+def test_train_task_is_what_lmlab_train_task_calls(tmp_path):
+    from lmlab.recipes import REGISTRY
 
-    job = SimpleNamespace(objective="mdm", task="countdown3", seed=0, threads=1,
+    assert REGISTRY.get("task") is ev.train_task and REGISTRY.config("task") is ev.TaskJob
+    job = ev.TaskJob(objective="mdm", task="countdown3", seed=0, threads=1,
                           model=TransformerConfig(dim=16, n_layers=1, n_heads=2),
                           train=TrainConfig(steps=2, warmup_steps=1, progress=False, run_dir=str(tmp_path)),
                           task_data=ev.TaskDataConfig(n_train=32, n_test=8, batch_size=8, decode_steps=2))
-    out = ev.run_task_job(job)
+    out = ev.train_task(job)
     assert out["steps"] == 2 and 0.0 <= out["accuracy"] <= 1.0 and out["test_examples"] >= 1
     assert (tmp_path / "task.json").is_file() and (tmp_path / "model").is_dir()
 
