@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.core.config import param
-from lmlab.core.lm import require_lm
 from lmlab.core.train import LossOutput
 
 SEQ_WEIGHTS = ("linear", "elbo", "uniform")
@@ -110,8 +109,11 @@ def diffusion_loss(logits: torch.Tensor, ids: torch.Tensor, masked: torch.Tensor
 
 def vocab_size_of(model: torch.nn.Module) -> int:
     """The vocabulary of an LM (``core.lm.LM``), also under DistributedDataParallel (``.module``)."""
-    m = getattr(model, "module", model)
-    return require_lm(m, "the masked-diffusion objective (or set its mask_id)").vocab_size
+    v = getattr(getattr(model, "module", model), "vocab_size", None)
+    if not isinstance(v, int):
+        raise TypeError(f"the masked-diffusion objective reads the model's vocab_size (core.lm.LM) to pick the "
+                        f"<mask> id; {type(model).__name__} has none: set the objective's mask_id")
+    return v
 
 
 class MaskedDiffusion:
