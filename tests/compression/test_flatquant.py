@@ -137,3 +137,12 @@ def test_short_calibration_data_is_an_error(tiny, ids):
 def test_non_float32_model_is_refused(tiny, ids):
     with pytest.raises(ValueError, match="float32 models"):
         FlatQuant(Config(nsamples=8, seq_len=24)).fit(tiny.to(torch.bfloat16), ids)
+
+
+def test_calibration_reports_per_block_progress_with_an_eta(tiny, ids, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lmlab.compression.flatquant"):
+        FlatQuant(Config(nsamples=8, seq_len=24, epochs=0)).fit(tiny, ids)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m.split("]")[0] for m in lines] == ["[1/2", "[2/2"] and all("ETA" in m for m in lines)

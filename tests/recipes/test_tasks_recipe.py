@@ -116,3 +116,16 @@ def test_inpainting_runs_keep_every_given_and_refuse_tasks_without_a_blank(tmp_p
     with pytest.raises(ValueError, match="no inpainting layout"):
         ev.train_on_task("mgdm", "planning", TransformerConfig(dim=16, n_layers=1, n_heads=2),
                          TrainConfig(steps=1, warmup_steps=1, progress=False), data)
+
+
+def test_a_task_run_resumes_and_refuses_other_task_settings(tmp_path):
+    from lmlab.core.checkpoint import CheckpointError
+
+    data = ev.TaskDataConfig(n_train=32, n_test=8, batch_size=8, decode_steps=2)
+    model, cfg = TransformerConfig(dim=16, n_layers=1, n_heads=2), TrainConfig(steps=2, warmup_steps=1,
+                                                                                progress=False, run_dir=str(tmp_path))
+    ev.train_on_task("mgdm", "planning", model, cfg, data)
+    again = ev.train_on_task("mgdm", "planning", model, cfg, data)  # finished: resumes at its last step
+    assert again["steps"] == 2 and again["history"] == []
+    with pytest.raises(CheckpointError, match="task_data.n_train"):
+        ev.train_on_task("mgdm", "planning", model, cfg, dataclasses.replace(data, n_train=40))

@@ -10,8 +10,6 @@ the perplexity of N validation windows before and after. Methods report progress
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
 
@@ -36,15 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from lmlab.recipes.compress import compress
 
     set_threads(args.threads)
-    handler = logging.StreamHandler(sys.stderr)
-    logging.getLogger("lmlab").addHandler(handler)
-    logging.getLogger("lmlab").setLevel(logging.INFO)
-    try:
-        out = compress(args.method, args.model, args.out, bits=args.bits, calib=args.calib,
-                       nsamples=args.nsamples, seq_len=args.seq_len, seed=args.seed, eval_windows=args.eval,
-                       eval_len=args.eval_len, overrides=args.overrides)
-    finally:
-        logging.getLogger("lmlab").removeHandler(handler)
+    out = compress(args.method, args.model, args.out, bits=args.bits, calib=args.calib, nsamples=args.nsamples,
+                   seq_len=args.seq_len, seed=args.seed, eval_windows=args.eval, eval_len=args.eval_len,
+                   overrides=args.overrides)
     if "ppl_before" in out:
         bos = "BOS prepended" if out["bos_used"] else "no BOS"
         print(f"perplexity before: {out['ppl_before']:.4f} ({out['eval_tokens']} tokens, {bos})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 VERBS = {  # verb: (module, one-line help)
@@ -33,6 +34,17 @@ def build_parser(verb: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def log_to_stderr() -> None:
+    """lmlab's progress and warnings (``logging`` under "lmlab") go to stderr, so stdout keeps the results."""
+    log = logging.getLogger("lmlab")
+    if not any(getattr(h, "lmlab_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.lmlab_cli = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = argparse.ArgumentParser(prog="lmlab", description=__doc__.splitlines()[0])
@@ -46,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unknown verb {verb!r}; choose from {', '.join(VERBS)}")
     parser, module = build_parser(verb)
     args = parser.parse_args(argv[1:])
+    log_to_stderr()
     try:
         return int((getattr(module, f"run_{verb}", None) or module.run)(args) or 0)
     except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as e:

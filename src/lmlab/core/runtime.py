@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -133,9 +134,26 @@ class JsonlLog:
             f.write(json.dumps(clean) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a torn last line (a write cut by a kill) is dropped with a warning, a bad line before
+        the last one is an error naming the file and line."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.path}: not a UTF-8 JSONL metrics log ({e})") from None
+        numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+        out = []
+        for j, (i, line) in enumerate(numbered):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if j < len(numbered) - 1:
+                    raise ValueError(f"{self.path}:{i}: not valid JSON ({e.msg}); the metrics log is corrupted "
+                                     "before its last line") from None
+                logging.getLogger(__name__).warning("%s:%d: dropped a torn last line (a write cut short)",
+                                                    self.path, i)
+        return out
 
     def truncate_after(self, step: int) -> None:
         """Keep only the records with ``step <= step`` (atomic rewrite)."""
@@ -143,14 +161,60 @@ class JsonlLog:
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
+class LineProgress:
+    """Progress for logs (stderr not a terminal): one line every ``every`` seconds with rate and ETA.
+
+    The tqdm surface the loops use: ``update(n)``, ``set_postfix(**kw)``, ``close()``.
+    """
+
+    def __init__(self, total: int | None, desc: str, initial: int = 0, every: float = 30.0):
+        self.total, self.desc, self.n, self.every = total, desc, initial, every
+        self.start_n, self.t0 = initial, time.monotonic()
+        self.last, self.postfix = self.t0, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            print(self.line(now), file=sys.stderr, flush=True)
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in kw.items())
+
+    def line(self, now: float) -> str:
+        rate = (self.n - self.start_n) / max(now - self.t0, 1e-9)
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        eta = f", ETA {format_seconds((self.total - self.n) / rate)}" if self.total and rate > 0 else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {done}{extra}, {rate:.3g}/s{eta}"
+
+    def close(self) -> None:
+        if self.n > self.start_n and time.monotonic() - self.t0 >= self.every:
+            print(self.line(time.monotonic()), file=sys.stderr, flush=True)
+
+
+def format_seconds(s: float) -> str:
+    """12 s, 4m05s, 2h03m."""
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def progress(it: Iterable | None = None, *, total: int | None = None, desc: str = "", disable: bool | None = None,
-             initial: int = 0) -> Iterator:
-    """A tqdm progress bar on a terminal (stderr), silent otherwise or when LMLAB_PROGRESS=0."""
+             initial: int = 0) -> Any:
+    """A tqdm bar on a terminal; in a log (stderr not a terminal) a ``LineProgress`` line every
+    $LMLAB_PROGRESS_EVERY seconds (default 30); nothing with ``disable=True`` or LMLAB_PROGRESS=0."""
     from tqdm.auto import tqdm
 
-    if disable is None:
-        disable = os.environ.get("LMLAB_PROGRESS", "") == "0" or not sys.stderr.isatty()
-    return tqdm(it, total=total, desc=desc, disable=disable, initial=initial, dynamic_ncols=True, leave=False)
+    off = disable is True or os.environ.get("LMLAB_PROGRESS", "") == "0"
+    if not off and not sys.stderr.isatty() and it is None:
+        return LineProgress(total, desc, initial, float(os.environ.get("LMLAB_PROGRESS_EVERY", "30")))
+    return tqdm(it, total=total, desc=desc, disable=off or not sys.stderr.isatty(), initial=initial,
+                dynamic_ncols=True, leave=False)
 
 
 @contextmanager

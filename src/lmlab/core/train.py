@@ -29,8 +29,11 @@ An objective is any callable ``objective(model, batch) -> LossOutput(loss, metri
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,14 +71,43 @@ class TrainConfig:
     eval_every: int = param(0, "evaluate every N steps (0 = only at the end)")
     eval_batches: int = param(8, "batches per evaluation")
     log_every: int = param(10, "write a metrics line every N steps")
-    ckpt_every: int = param(0, "checkpoint every N steps (0 = only at the end)")
+    ckpt_every: int = param(0, "also checkpoint every N steps (0 = by time only, see ckpt_minutes)")
+    ckpt_minutes: float = param(10.0, "checkpoint when this many minutes passed since the last save (0 = off); "
+                                "with run_dir only")
     noise_scale_every: int = param(0, "measure the gradient noise scale every N steps (needs grad_accum >= 2)")
     seed: int = param(0, "seed for model-independent randomness (objective noise, dropout)")
     device: str = param("", "cpu | cuda | cuda:N | mps | auto ('' = $LMLAB_DEVICE or cpu)")
     precision: str = param("fp32", "fp32, or bf16 autocast for forward and loss (fp32 weights and optimizer)",
                            choices=("fp32", "bf16"))
     run_dir: str = param("", "folder for metrics.jsonl and checkpoints ('' = none)")
-    progress: bool = param(True, "show a progress bar on a terminal")
+    progress: bool = param(True, "progress on stderr: a bar on a terminal, a line every 30 s in a log")
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "grad_accum", "log_every", "eval_batches")
+        non_negative = ("warmup_steps", "eval_every", "ckpt_every", "noise_scale_every", "weight_decay",
+                        "grad_clip", "ckpt_minutes", "min_lr_ratio")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.decay_frac <= 1:
+            raise ValueError(f"TrainConfig.decay_frac must be in [0, 1], got {self.decay_frac}")
+
+
+def config_diff(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
+    return out
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,6 +140,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 Hook = Callable[["Trainer", dict[str, Any]], None]
+logger = logging.getLogger(__name__)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -125,13 +158,15 @@ def frozen_checksum(model: nn.Module) -> dict[str, Any]:
 class Trainer:
     def __init__(self, model: nn.Module, objective: Callable[[nn.Module, dict], LossOutput], data: Any,
                  cfg: TrainConfig, eval_data: Any = None, model_config: dict | None = None,
-                 hooks: list[Hook] | None = None):
+                 hooks: list[Hook] | None = None, run_config: dict | None = None):
         if cfg.grad_accum < 1 or cfg.steps < 1:
             raise ValueError(f"steps and grad_accum must be >= 1, got {cfg.steps}, {cfg.grad_accum}")
         if cfg.noise_scale_every and cfg.grad_accum < 2:
             raise ValueError("noise_scale_every needs grad_accum >= 2 (two batch sizes are compared)")
         self.cfg, self.objective, self.data, self.eval_data = cfg, objective, data, eval_data
         self.model_config = model_config or {}
+        # data / tokenizer / recipe settings a resume must match, as JSON data (tuples become lists, as saved)
+        self.run_config = json.loads(json.dumps(run_config or {}))
         self.hooks = list(hooks or [])
         self.ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.ddp else 0
@@ -144,6 +179,9 @@ class Trainer:
         self.opt = make_optimizer(model, cfg)
         self.step = 0
         self.stop = False
+        self.resumed_from: int | None = None
+        self.first_loss: float | None = None  # loss at step 1 and at the last step, kept across resumes
+        self.last_loss: float | None = None
         self.noise: dict[str, float] = {}
         self.trainable_only = any(not p.requires_grad for p in model.parameters())
         self.frozen = frozen_checksum(model) if self.trainable_only else None
@@ -173,7 +211,8 @@ class Trainer:
 
     def _meta(self) -> dict[str, Any]:
         return {"step": self.step, "config": self.model_config, "train": to_dict(self.cfg), "noise": self.noise,
-                "kind": "lmlab-trainer", "trainable_only": self.trainable_only, "frozen": self.frozen}
+                "kind": "lmlab-trainer", "trainable_only": self.trainable_only, "frozen": self.frozen,
+                "run": self.run_config, "first_loss": self.first_loss, "last_loss": self.last_loss}
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds of the model: everything, or the trainable parameters when some are frozen."""
@@ -198,11 +237,12 @@ class Trainer:
         meta = ckpt.read_meta(self.ckpt_path)
         if meta.get("kind") != "lmlab-trainer":
             raise ckpt.CheckpointError(f"{self.ckpt_path} is not an lmlab training checkpoint")
-        if meta.get("config") != self.model_config:
-            saved = meta.get("config") or {}
-            diff = sorted(k for k in set(saved) | set(self.model_config) if saved.get(k) != self.model_config.get(k))
-            raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: saved with another model config "
-                                       f"(differs in {diff})")
+        for what, saved, now in (("model config", meta.get("config") or {}, self.model_config),
+                                 ("data / tokenizer / run settings", meta.get("run") or {}, self.run_config)):
+            diff = config_diff(saved, now)
+            if diff:
+                raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: saved with another {what} (differs in "
+                                           f"{', '.join(diff)}); use another run_dir to start a new run")
         if bool(meta.get("trainable_only")) != self.trainable_only:
             raise ckpt.CheckpointError(f"cannot resume {self.ckpt_path}: it was saved with "
                                        f"{'some' if meta.get('trainable_only') else 'no'} frozen parameters, "
@@ -221,8 +261,12 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.noise = meta["step"], meta.get("noise", {})
+        self.first_loss, self.last_loss = meta.get("first_loss"), meta.get("last_loss")
+        self.resumed_from = self.step
         if self.log is not None:
             self.log.truncate_after(self.step)
+        if self.rank == 0:
+            logger.info("resumed from step %d of %d (%s)", self.step, self.cfg.steps, self.ckpt_path)
         return True
 
     # ------------------------------------------------------------ one step
@@ -303,9 +347,10 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> list[dict[str, Any]]:
         cfg = self.cfg
-        if resume:
-            self.resume()
+        if not (resume and self.resume()) and self.step == 0 and self.log is not None:
+            self.log.truncate_after(0)  # a fresh start: lines of an earlier run killed before its checkpoint go
         self.model.train()
+        saved_at = time.monotonic()
         bar = progress(total=cfg.steps, initial=self.step, desc="train",
                        disable=None if (cfg.progress and self.rank == 0) else True)
         with Timer() as t:
@@ -317,6 +362,9 @@ class Trainer:
                     rec |= self.evaluate()
                 if self.noise:
                     rec["b_simple"] = self.noise["b_simple"]
+                if self.first_loss is None:
+                    self.first_loss = rec["loss"]
+                self.last_loss = rec["loss"]
                 for hook in self.hooks:
                     hook(self, rec)
                 self.history.append(rec)
@@ -325,8 +373,10 @@ class Trainer:
                     self.log.write(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                due = cfg.ckpt_minutes and time.monotonic() - saved_at >= 60 * cfg.ckpt_minutes
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or due:
                     self.save()
+                    saved_at = time.monotonic()
                 if self.stop:
                     break
         bar.close()

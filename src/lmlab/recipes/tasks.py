@@ -149,8 +149,9 @@ def train_on_task(objective: str, spec: str, model_cfg: TransformerConfig, train
     test_t = codec.encode(test)
     eval_batches = [{k: v[i:i + data.batch_size] for k, v in test_t.items()}
                     for i in range(0, len(test), data.batch_size)]
+    run = {"objective": objective, "task": spec, "seed": seed, "task_data": to_dict(data), "codec": codec.to_dict()}
     trainer = Trainer(model, obj, ExampleBatches(tensors, data.batch_size, seed=data.seed), train_cfg,
-                      eval_data=eval_batches, model_config=to_dict(model_cfg), hooks=hooks)
+                      eval_data=eval_batches, model_config=to_dict(model_cfg), hooks=hooks, run_config=run)
     with Timer() as t:
         history = trainer.fit()
     if train_cfg.run_dir:

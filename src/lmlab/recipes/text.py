@@ -10,7 +10,9 @@ report compares validation bits per byte with a unigram model of the training to
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from lmlab.core.checkpoint import save_model
 from lmlab.core.config import param, to_dict
 from lmlab.core.data import TokenWindows
 from lmlab.core.metrics import bits_per_byte
-from lmlab.core.runtime import Timer, atomic_write, seed_everything, set_threads
-from lmlab.core.tokenizer import BPETokenizer, ByteTokenizer
+from lmlab.core.runtime import Timer, atomic_write, format_seconds, seed_everything, set_threads
+from lmlab.core.tokenizer import BPETokenizer, ByteTokenizer, fingerprint
 from lmlab.core.train import TrainConfig, Trainer, init_distributed
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.objectives import REGISTRY as OBJECTIVES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +67,11 @@ def text_splits(data: DataConfig) -> tuple[str, str]:
     path = Path(data.source)
     if not path.is_file():
         raise FileNotFoundError(f"data.source {data.source!r} is neither 'corpus_en' nor an existing text file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.source {path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start})") from None
     if data.max_bytes:
         text = text[: data.max_bytes]
     cut = int(len(text) * (1 - data.val_fraction))
@@ -77,15 +85,45 @@ def build_tokenizer(data: DataConfig, train_text: str) -> ByteTokenizer | BPETok
     return BPETokenizer.train(chunks, vocab_size=data.bpe_vocab)
 
 
+class EtaHint:
+    """Step hook: once ``after_s`` seconds have run, warn when the rest will take longer than ``limit_s`` on a
+    CPU, naming the flags of a smaller run (defaults sized for a GPU would otherwise run silently for hours)."""
+
+    def __init__(self, after_s: float = 20.0, limit_s: float = 300.0):
+        self.after_s, self.limit_s = after_s, limit_s
+        self.t0: float | None = None
+        self.step0 = 0
+        self.checked = False
+
+    def __call__(self, trainer: Trainer, rec: dict[str, Any]) -> None:
+        if self.t0 is None:  # timed from the end of the first step (warm-up excluded)
+            self.t0, self.step0 = time.monotonic(), trainer.step
+            return
+        elapsed = time.monotonic() - self.t0
+        if self.checked or elapsed < self.after_s:
+            return
+        self.checked = True
+        rest = elapsed / (trainer.step - self.step0) * (trainer.cfg.steps - trainer.step)
+        if rest > self.limit_s and trainer.device.type == "cpu":
+            logger.warning("this run needs about %s more on this CPU (%d steps to go); for a quick run use e.g. "
+                           "--train.steps 200 --model.dim 128 --model.n-layers 2 --data.max-bytes 2000000",
+                           format_seconds(rest), trainer.cfg.steps - trainer.step)
+
+
 def train_lm(job: TextJob) -> dict[str, Any]:
     """Train and evaluate; returns metrics (val loss in nats/token, val bits per byte, throughput).
 
-    With ``job.train.run_dir`` the run folder gets ``model/`` (weights, config, tokenizer.json: what
-    ``lmlab.load`` reads) and ``job.json``.
+    With ``job.train.run_dir`` the run folder gets ``job.json`` first and, at the end, ``model/`` (weights,
+    config, tokenizer.json: what ``lmlab.load`` reads). Running the same job again resumes from the run's
+    checkpoint (a finished run is evaluated and saved again); a job whose data, tokenizer, objective or model
+    differ from the checkpoint's is refused with the differing keys named. ``first_loss`` / ``loss_drop`` cover
+    the whole run, across resumes.
     """
     set_threads(job.threads)
     rank, _ = init_distributed(job.train.device)
+    logger.info("preparing text: %s", job.data.source)
     train_text, val_text = text_splits(job.data)
+    logger.info("tokenizer: %s on %.1f MB of training text", job.data.tokenizer, len(train_text) / 1e6)
     tok = build_tokenizer(job.data, train_text)
     train_ids = np.asarray(tok.encode(train_text), dtype=np.int64)
     val_ids = np.asarray(tok.encode(val_text), dtype=np.int64)
@@ -96,30 +134,32 @@ def train_lm(job: TextJob) -> dict[str, Any]:
     d = job.data
     train_data = TokenWindows(train_ids, d.batch_size, d.seq_len, seed=job.train.seed)
     val_data = TokenWindows(val_ids, d.batch_size, d.seq_len)
+    run = {"objective": job.objective, "seed": job.seed, "data": to_dict(d), "tokenizer": fingerprint(tok)}
     trainer = Trainer(model, objective, train_data, job.train, eval_data=lambda: val_data.sequential(),
-                      model_config=to_dict(job.model))
+                      model_config=to_dict(job.model), run_config=run, hooks=[EtaHint()])
+    if job.train.run_dir and rank == 0:
+        atomic_write(Path(job.train.run_dir) / "job.json", json.dumps(to_dict(job), indent=2))
     with Timer() as t:
         history = trainer.fit()
-    final = history[-1] if history else trainer.evaluate()
+    final = history[-1] if history else trainer.evaluate()  # a finished run resumed: evaluate only
     val_loss = final.get("eval_loss", float("nan"))
     bytes_per_token = len(val_text.encode()) / max(len(val_ids), 1)
     # baseline: a unigram model of the training tokens (add-one smoothing) scored on the validation tokens
     counts = np.bincount(train_ids, minlength=tok.vocab_size) + 1.0
     unigram_nll = float(-np.log(counts / counts.sum())[val_ids].mean())
-    steps_run = len(history)
-    tokens = steps_run * job.train.grad_accum * d.batch_size * d.seq_len
+    tokens = len(history) * job.train.grad_accum * d.batch_size * d.seq_len
+    first, last = trainer.first_loss, trainer.last_loss
     out = {"params": model.num_params(), "params_non_embedding": model.num_params(non_embedding=True),
            "vocab_size": tok.vocab_size, "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-           "steps": trainer.step, "train_loss": final.get("loss"), "val_loss": val_loss,
+           "steps": trainer.step, "resumed_from": trainer.resumed_from, "train_loss": last, "val_loss": val_loss,
            # bits per byte = nats per token / (ln 2 * bytes per token), bytes per token measured on the val text
            "val_bpb": bits_per_byte(val_loss, bytes_per_token) if math.isfinite(val_loss) else None,
-           "unigram_bpb": bits_per_byte(unigram_nll, bytes_per_token), "first_loss": history[0]["loss"],
-           "loss_drop": history[0]["loss"] - final.get("loss", float("nan")), "bytes_per_token": bytes_per_token,
-           "tokens_per_s": tokens / t.seconds if t.seconds else None,
+           "unigram_bpb": bits_per_byte(unigram_nll, bytes_per_token), "first_loss": first,
+           "loss_drop": first - last if first is not None and last is not None else None,
+           "bytes_per_token": bytes_per_token, "tokens_per_s": tokens / t.seconds if t.seconds and tokens else None,
            "seconds": t.seconds}
     if job.train.run_dir and rank == 0:
         run_dir = Path(job.train.run_dir)
         save_model(run_dir / "model", model, to_dict(job.model), job=to_dict(job))
         tok.save(run_dir / "model" / "tokenizer.json")
-        atomic_write(run_dir / "job.json", json.dumps(to_dict(job), indent=2))
     return out

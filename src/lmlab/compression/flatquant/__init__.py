@@ -32,6 +32,7 @@ CPU runs lower them (``repro/flatquant``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,9 +40,9 @@ import torch
 from torch import nn
 
 from lmlab.core.config import param, to_dict
-from lmlab.core.runtime import Timer
+from lmlab.core.runtime import Timer, format_seconds
 
-from ..base import Arch, LayerError, Report, check_replaced, get_module, resolve_arch, state_bytes
+from ..base import Arch, LayerError, Report, check_replaced, get_module, resolve_arch, state_bytes, unwrap
 from ..layerwise import BlockData, block_mse, copy_block, layerwise
 from ..qlayers import quantize_block
 from ..quantizers import Bits
@@ -108,6 +109,7 @@ class FlatQuant:
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:
             p.requires_grad_(False)
+        n_blocks, t0 = len(get_module(unwrap(model), arch.layers)), time.monotonic()
 
         def step(i: int, path: str, block: nn.Module, data: BlockData) -> None:
             side = copy_block(block)
@@ -128,7 +130,10 @@ class FlatQuant:
             after = block_mse(block, data)
             report.layers.append(LayerError(path, before, after))
             first = f"{history[0]:.3g} -> {history[-1]:.3g}" if history else "no training"
-            self.log(f"{path}: rtn mse {before:.4g}, flatquant mse {after:.4g} (train loss {first})")
+            spent = time.monotonic() - t0
+            eta = format_seconds(spent / (i + 1) * (n_blocks - i - 1))
+            self.log(f"[{i + 1}/{n_blocks}] {path}: rtn mse {before:.4g}, flatquant mse {after:.4g} "
+                     f"(train loss {first}); {format_seconds(spent)} so far, ETA {eta}")
 
         with Timer() as sw:
             try:
