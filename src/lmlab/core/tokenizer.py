@@ -53,6 +53,13 @@ def _sha(data: str) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that exists but cannot be read as a tokenizer (binary, broken JSON, unknown layout)."""
+
+
+_EXPECTED = "expected a tokenizer saved by lmlab (a tokenizer.json written by save())"
+
+
 def _json_file(path: str | Path, must_exist: bool = False) -> Path:
     path = Path(path)
     file = path if path.suffix == ".json" else path / "tokenizer.json"
@@ -276,7 +283,12 @@ class BPETokenizer:
     def load(cls, path: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer as _Tok
 
-        return cls(_Tok.from_file(str(_json_file(path, must_exist=True))))
+        file = _json_file(path, must_exist=True)
+        _read_json(file)  # a binary or broken file gets an error naming it and the line
+        try:
+            return cls(_Tok.from_file(str(file)))
+        except Exception as e:  # the tokenizers package raises plain Exception for a file it cannot parse
+            raise TokenizerFileError(f"{file}: not a tokenizers BPE file ({e}); {_EXPECTED}") from None
 
     @property
     def fingerprint(self) -> str:
@@ -358,10 +370,30 @@ _SIMPLE = {
 def load_tokenizer(path: str | Path) -> ByteTokenizer | CharTokenizer | BPETokenizer:
     """Load any tokenizer written by a ``save()`` above (a folder or a tokenizer.json path)."""
     file = _json_file(path, must_exist=True)
-    data = json.loads(file.read_text(encoding="utf-8"))
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise TokenizerFileError(f"{file}: holds a JSON {type(data).__name__}, not an object; {_EXPECTED}")
     kind = data.get("lmlab_tokenizer")
     if kind is None:
         return BPETokenizer.load(file)
     if kind not in _SIMPLE:
-        raise ValueError(f"{file}: unknown lmlab_tokenizer kind {kind!r}; expected one of {list(_SIMPLE)}")
-    return _SIMPLE[kind](data)
+        raise TokenizerFileError(f"{file}: unknown lmlab_tokenizer kind {kind!r}; expected one of {list(_SIMPLE)}")
+    try:
+        return _SIMPLE[kind](data)
+    except KeyError as e:
+        raise TokenizerFileError(f"{file}: a {kind!r} tokenizer lacks the key {e.args[0]!r}; {_EXPECTED}") from None
+
+
+def _read_json(file: Path) -> Any:
+    """The parsed JSON of a tokenizer file; a binary file or broken JSON raises TokenizerFileError naming it."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerFileError(f"{file}: not a UTF-8 JSON file (byte 0x{data[e.start]:02x} at offset "
+                                 f"{e.start}); {_EXPECTED}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerFileError(f"{file}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+                                 f"{_EXPECTED}") from None
