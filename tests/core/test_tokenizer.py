@@ -1,5 +1,6 @@
 """Tokenizers: exact round trips, special ids, errors, BPE determinism and save/load, the HF adapter."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -176,5 +177,5 @@ def test_a_corrupted_tokenizer_file_is_named(tmp_path, content, problem):
 def test_bpe_load_of_a_broken_file_names_it(tmp_path):
     file = tmp_path / "tokenizer.json"
     file.write_text('{"version": "1.0",\n "model": {"type": "BPE",')
-    with pytest.raises(TokenizerFileError, match=f"^{file}: not valid JSON at line 2"):
+    with pytest.raises(TokenizerFileError, match=f"^{re.escape(str(file))}: not a tokenizers BPE file .*line 2"):
         BPETokenizer.load(file)

@@ -143,18 +143,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """The tables of a TOML config file; a missing file, a binary file or bad TOML raises an error naming it."""
+    """The tables of a TOML config file; a missing, binary or invalid file raises an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 TOML file (byte 0x{data[e.start]:02x} at offset {e.start}); "
+        raise ConfigError(f"{path}: not a UTF-8 TOML file (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           "expected a TOML config of key = value lines") from None
-    try:
-        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 DEFAULT_SPECIALS = ("<bos>", "<eos>", "<pad>")
+_EXPECTED = "expected a tokenizer saved by lmlab (a tokenizer.json written by save())"
 
 
 @runtime_checkable
@@ -55,9 +56,6 @@ def _sha(data: str) -> str:
 
 class TokenizerFileError(ValueError):
     """A tokenizer file that exists but cannot be read as a tokenizer (binary, broken JSON, unknown layout)."""
-
-
-_EXPECTED = "expected a tokenizer saved by lmlab (a tokenizer.json written by save())"
 
 
 def _json_file(path: str | Path, must_exist: bool = False) -> Path:
@@ -284,7 +282,6 @@ class BPETokenizer:
         from tokenizers import Tokenizer as _Tok
 
         file = _json_file(path, must_exist=True)
-        _read_json(file)  # a binary or broken file gets an error naming it and the line
         try:
             return cls(_Tok.from_file(str(file)))
         except Exception as e:  # the tokenizers package raises plain Exception for a file it cannot parse
@@ -386,14 +383,10 @@ def load_tokenizer(path: str | Path) -> ByteTokenizer | CharTokenizer | BPEToken
 
 def _read_json(file: Path) -> Any:
     """The parsed JSON of a tokenizer file; a binary file or broken JSON raises TokenizerFileError naming it."""
-    data = file.read_bytes()
     try:
-        text = data.decode("utf-8")
+        return json.loads(file.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise TokenizerFileError(f"{file}: not a UTF-8 JSON file (byte 0x{data[e.start]:02x} at offset "
-                                 f"{e.start}); {_EXPECTED}") from None
-    try:
-        return json.loads(text)
+        why = f"not a UTF-8 JSON file (byte 0x{e.object[e.start]:02x} at offset {e.start})"
     except json.JSONDecodeError as e:
-        raise TokenizerFileError(f"{file}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
-                                 f"{_EXPECTED}") from None
+        why = f"not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})"
+    raise TokenizerFileError(f"{file}: {why}; {_EXPECTED}")
