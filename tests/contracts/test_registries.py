@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 import lmlab
-from lmlab.catalog import info_text
+from lmlab.catalog import info_text, repro_users, resolve
 from lmlab.core.registry import load_target
 
 ENTRIES = [(f, n, e) for f, r in lmlab.registries().items() for n, e in r.items()]
@@ -35,3 +35,18 @@ def test_info_renders(fam, name, e):
 def test_names_are_unique_across_families():
     names = [n for _, n, _ in ENTRIES]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+SLUGS = sorted({e.repro or n for _, n, e in ENTRIES})
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_every_reproduction_slug_leads_to_a_method_it_reproduces(slug):
+    regs = lmlab.registries()
+    users = {(f, n) for f, n, _ in repro_users(slug, regs)}
+    try:
+        m = resolve(slug, regs)
+    except KeyError as err:  # allowed only for a slug shared by several entries and named like none of them
+        assert len(users) > 1 and all(f"{f}:{n}" in str(err) for f, n in users), err
+        return
+    assert (m.family, m.name) in users

@@ -70,3 +70,16 @@ def test_toml_and_argparse(tmp_path):
 def test_describe_lists_sources():
     rows = {r["name"]: r for r in describe(Outer)}
     assert rows["inner.lr"]["source"] == "paper Sec. 4" and rows["name"]["default"] == "x"
+
+
+def test_binary_config_names_the_file(tmp_path, capsys):
+    from lmlab.cli.main import main
+
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"x\.bin: not a UTF-8 TOML file \(byte 0x89 at offset 0\)"):
+        load_toml(binary)
+    assert main(["train", "lm", "--config", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert f"lmlab train: error: {binary}: not a UTF-8 TOML file" in err and "expected a TOML config" in err
+    assert "Traceback" not in err

@@ -1,5 +1,6 @@
 """Tokenizers: exact round trips, special ids, errors, BPE determinism and save/load, the HF adapter."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from lmlab.core.tokenizer import (
     CharTokenizer,
     HFTokenizer,
     Tokenizer,
+    TokenizerFileError,
     fingerprint,
     load_tokenizer,
 )
@@ -151,3 +153,29 @@ def test_hf_adapter(bpe, texts, tmp_path):
     assert again.encode(texts[3]) == bpe.encode(texts[3]) and again.fingerprint == tok.fingerprint
     with pytest.raises(FileNotFoundError, match="only local paths"):
         HFTokenizer.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{\n "lmlab_tokenizer": "byte",\n specials: []\n}', "not valid JSON at line 3, column 2"),
+    (b"\x89PNG\r\n\x1a\n\xff", "not a UTF-8 JSON file (byte 0x89 at offset 0)"),
+    (b'["<bos>"]', "holds a JSON list, not an object"),
+    (b'{"lmlab_tokenizer": "char", "specials": []}', "a 'char' tokenizer lacks the key 'alphabet'"),
+    (b'{"version": "1.0", "model": 3}', "not a tokenizers BPE file"),
+])
+def test_a_corrupted_tokenizer_file_is_named(tmp_path, content, problem):
+    file = tmp_path / "run" / "tokenizer.json"
+    file.parent.mkdir()
+    file.write_bytes(content)
+    with pytest.raises(TokenizerFileError) as info:
+        load_tokenizer(file.parent)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)  # the CLI reports ValueErrors as user errors (exit code 2)
+    assert msg.startswith(f"{file}: {problem}") and msg.endswith("expected a tokenizer saved by lmlab "
+                                                                 "(a tokenizer.json written by save())")
+
+
+def test_bpe_load_of_a_broken_file_names_it(tmp_path):
+    file = tmp_path / "tokenizer.json"
+    file.write_text('{"version": "1.0",\n "model": {"type": "BPE",')
+    with pytest.raises(TokenizerFileError, match=f"^{re.escape(str(file))}: not a tokenizers BPE file .*line 2"):
+        BPETokenizer.load(file)

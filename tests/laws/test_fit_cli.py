@@ -118,3 +118,18 @@ def test_binary_and_broken_json_files_name_the_file(tmp_path, capsys):
     broken.write_text('{"compute": [1e18, 1e19],\n "batch": [100 120]}')
     assert lmlab_fit("--law", "batch_compute", str(broken)) == 2
     assert f"{broken}: not valid JSON at line 2, column 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"loss,score\n2.0,0.5\n", "not valid JSON at line 1, column 1 (Expecting value)"),
+    (b'{"loss": {"a": 1},\n "score": }', "not valid JSON at line 2, column 11"),
+    (b"\x89PNG\r\n\x1a\n\xff", "not a UTF-8 JSON file (byte 0x89 at offset 0)"),
+    (b"[1, 2]", "holds a JSON list, not an object"),
+])
+def test_a_reference_that_is_no_curve_json_names_the_file(tmp_path, capsys, content, problem):
+    ref = tmp_path / "curve.json"
+    ref.write_bytes(content)
+    assert call("--reference", str(ref), "--score", "0.6") == 2
+    err = capsys.readouterr().err
+    assert f"lmlab fit: error: {ref}: {problem}" in err
+    assert "expected a reference curve JSON written by ReferenceCurve.save" in err and "Traceback" not in err

@@ -1,4 +1,7 @@
-"""``lmlab list [FAMILY]`` and ``lmlab info <slug>``: the registries as tables (``list`` imports no torch)."""
+"""``lmlab list [FAMILY]`` and ``lmlab info <slug>``: the registries as tables (``list`` imports no torch).
+
+``info`` also takes a reproduction slug (``lmlab info densing_law``) and shows the gates of the last full run.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slug", help="registry name of the method (see `lmlab list`)")
+    p.add_argument("slug", help="registry name of the method (see `lmlab list`) or the slug of its reproduction "
+                   "folder repro/SLUG/")
 
 
 def run_info(args: argparse.Namespace) -> int:

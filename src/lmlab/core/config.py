@@ -143,14 +143,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML config file; a missing, binary or invalid file raises an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open("rb") as f:
-        try:
-            return tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 TOML file (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "expected a TOML config of key = value lines") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
 def _parse_scalar(text: str) -> Any:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 DEFAULT_SPECIALS = ("<bos>", "<eos>", "<pad>")
+_EXPECTED = "expected a tokenizer saved by lmlab (a tokenizer.json written by save())"
 
 
 @runtime_checkable
@@ -51,6 +52,10 @@ class Tokenizer(Protocol):
 
 def _sha(data: str) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer file that exists but cannot be read as a tokenizer (binary, broken JSON, unknown layout)."""
 
 
 def _json_file(path: str | Path, must_exist: bool = False) -> Path:
@@ -276,7 +281,11 @@ class BPETokenizer:
     def load(cls, path: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer as _Tok
 
-        return cls(_Tok.from_file(str(_json_file(path, must_exist=True))))
+        file = _json_file(path, must_exist=True)
+        try:
+            return cls(_Tok.from_file(str(file)))
+        except Exception as e:  # the tokenizers package raises plain Exception for a file it cannot parse
+            raise TokenizerFileError(f"{file}: not a tokenizers BPE file ({e}); {_EXPECTED}") from None
 
     @property
     def fingerprint(self) -> str:
@@ -358,10 +367,26 @@ _SIMPLE = {
 def load_tokenizer(path: str | Path) -> ByteTokenizer | CharTokenizer | BPETokenizer:
     """Load any tokenizer written by a ``save()`` above (a folder or a tokenizer.json path)."""
     file = _json_file(path, must_exist=True)
-    data = json.loads(file.read_text(encoding="utf-8"))
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise TokenizerFileError(f"{file}: holds a JSON {type(data).__name__}, not an object; {_EXPECTED}")
     kind = data.get("lmlab_tokenizer")
     if kind is None:
         return BPETokenizer.load(file)
     if kind not in _SIMPLE:
-        raise ValueError(f"{file}: unknown lmlab_tokenizer kind {kind!r}; expected one of {list(_SIMPLE)}")
-    return _SIMPLE[kind](data)
+        raise TokenizerFileError(f"{file}: unknown lmlab_tokenizer kind {kind!r}; expected one of {list(_SIMPLE)}")
+    try:
+        return _SIMPLE[kind](data)
+    except KeyError as e:
+        raise TokenizerFileError(f"{file}: a {kind!r} tokenizer lacks the key {e.args[0]!r}; {_EXPECTED}") from None
+
+
+def _read_json(file: Path) -> Any:
+    """The parsed JSON of a tokenizer file; a binary file or broken JSON raises TokenizerFileError naming it."""
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        why = f"not a UTF-8 JSON file (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    except json.JSONDecodeError as e:
+        why = f"not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})"
+    raise TokenizerFileError(f"{file}: {why}; {_EXPECTED}")

@@ -109,6 +109,29 @@ class Estimate:
     note: str = ""  # why the flag was raised
 
 
+class ReferenceCurveError(ValueError):
+    """A reference curve file that exists but is not a curve written by ``ReferenceCurve.save``."""
+
+
+def _curve_json(path: Path) -> dict[str, Any]:
+    """The JSON object of a reference curve file; anything else raises ReferenceCurveError naming the file."""
+    expected = "expected a reference curve JSON written by ReferenceCurve.save"
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReferenceCurveError(f"{path}: not a UTF-8 JSON file (byte 0x{data[e.start]:02x} at offset "
+                                  f"{e.start}); {expected}") from None
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReferenceCurveError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
+                                  f"{expected}") from None
+    if not isinstance(out, dict):
+        raise ReferenceCurveError(f"{path}: holds a JSON {type(out).__name__}, not an object; {expected}")
+    return out
+
+
 @dataclass
 class ReferenceCurve:
     loss: dict[str, float]  # a, alpha, b, beta of the loss step
@@ -142,18 +165,19 @@ class ReferenceCurve:
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceCurve:
+        """A curve written by :meth:`save`; a binary, non-JSON or incomplete file raises ReferenceCurveError."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"reference curve file not found: {path}")
-        data = json.loads(path.read_text())
+        data = _curve_json(path)
         need = {"loss": ("a", "alpha", "b", "beta"), "score": ("c", "gamma", "l", "d")}
         for key, names in need.items():
             missing = [k for k in names if k not in data.get(key, {})]
             if missing:
-                raise ValueError(f"{path}: reference curve lacks {key} parameters {missing}")
+                raise ReferenceCurveError(f"{path}: reference curve lacks {key} parameters {missing}")
         for key in ("d0", "score_range", "params_range"):
             if key not in data:
-                raise ValueError(f"{path}: reference curve lacks {key!r}")
+                raise ReferenceCurveError(f"{path}: reference curve lacks {key!r}")
         return cls(data["loss"], data["score"], float(data["d0"]), tuple(data["score_range"]),
                    tuple(data["params_range"]), data.get("meta", {}))
 
