@@ -14,7 +14,7 @@ import sys
 
 VERBS = {  # verb: (module, one-line help)
     "list": ("lmlab.cli.catalog", "list registered methods by family (imports no torch)"),
-    "info": ("lmlab.cli.catalog", "show a method's paper, docstring and config table"),
+    "info": ("lmlab.cli.catalog", "show a method's paper, docstring, config table and last reproduction gates"),
     "train": ("lmlab.cli.train", "run a training recipe: lm | task | acdit (TOML config + --set overrides)"),
     "generate": ("lmlab.cli.generate", "generate text from any model lmlab.load reads, plainly or speculatively"),
     "sample": ("lmlab.cli.sample", "sample an image grid from an ACDiT run"),
