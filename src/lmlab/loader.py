@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lmlab.core.checkpoint import META, CheckpointError, read_meta
+from lmlab.core.checkpoint import META, CheckpointError, read_meta, recover
 from lmlab.core.registry import load_target
 
 KINDS = {
@@ -57,7 +57,7 @@ def kind_of(meta: dict[str, Any], where: Path) -> str:
 def model_folder(path: Path) -> Path | None:
     """The folder holding meta.json: ``path`` itself or its ``model/`` (a run folder); None if neither."""
     for folder in (path, path / "model"):
-        if (folder / META).is_file():
+        if (recover(folder) / META).is_file():
             return folder
     return None
 
@@ -89,7 +89,7 @@ def load(spec: str | Path, *, device: str | torch.device | None = None,
     """
     key = str(spec)
     path = Path(key).expanduser()
-    folder = model_folder(path) if path.is_dir() else None
+    folder = model_folder(path)
     if folder is not None:
         meta = read_meta(folder)
         kind = kind_of(meta, folder)

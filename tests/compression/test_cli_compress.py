@@ -96,3 +96,61 @@ def test_compress_a_hugging_face_llama_folder(tmp_path, capsys):
     logits = model(ids)
     logits = getattr(logits, "logits", logits)
     assert logits.shape == (1, 12, 256) and torch.isfinite(logits).all()
+
+
+def rtn(model, out, *extra: str) -> int:
+    return compress(["--method", "rtn", "--bits", "w4a16", "--model", str(model), "--calib", "none",
+                     "--out", str(out), *extra])
+
+
+def test_compress_refuses_a_folder_it_did_not_write_and_overwrite_removes_nothing(checkpoint, tmp_path, capsys):
+    import lmlab
+
+    out = tmp_path / "out"
+    (out / "src").mkdir(parents=True)
+    (out / "notes.txt").write_text("x")
+    assert rtn(checkpoint, out) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds files lmlab did not write (notes.txt, src)" in err
+    assert "--out" in err and "--overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "src"]
+    assert rtn(checkpoint, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "x" and (out / "src").is_dir()
+    assert lmlab.load(out)[2]["kind"] == "lmlab-quantized"
+    assert rtn(checkpoint, out) == 0  # lmlab's output beside other files: rewritten file by file
+    assert (out / "notes.txt").read_text() == "x" and (out / "src").is_dir()
+
+
+def test_compress_into_the_source_training_run_keeps_the_run(checkpoint, capsys):
+    """--out the run folder it reads (model/, job.json, metrics.jsonl): refused; with --overwrite the quantized
+    model is written beside the run, which still loads."""
+    import lmlab
+
+    (checkpoint / "job.json").write_text("{}")
+    (checkpoint / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = lmlab.load(checkpoint / "model")[0]
+    assert rtn(checkpoint, checkpoint) == 2
+    assert "already holds files lmlab did not write (job.json, metrics.jsonl, model)" in capsys.readouterr().err
+    assert rtn(checkpoint, checkpoint, "--overwrite") == 0
+    assert (checkpoint / "job.json").read_text() == "{}" and (checkpoint / "metrics.jsonl").is_file()
+    after, _, meta = lmlab.load(checkpoint / "model")
+    ids = torch.randint(0, 256, (1, 9))
+    assert meta["kind"] == "lmlab-transformer" and torch.equal(after(ids), before(ids))
+    assert lmlab.load(checkpoint)[2]["kind"] == "lmlab-quantized"
+
+
+def test_compress_replaces_its_own_previous_output(checkpoint, tmp_path):
+    out = tmp_path / "q"
+    assert rtn(checkpoint, out) == 0
+    assert compress(["--method", "rtn", "--bits", "w8a16", "--model", str(checkpoint), "--calib", "none",
+                     "--out", str(out)]) == 0
+    assert load_quantized(out)[1]["report"]["settings"]["bits"] == "w8a16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "run"]
+
+
+def test_compress_out_under_a_file_names_the_file(checkpoint, tmp_path, capsys):
+    (tmp_path / "README.md").write_text("read me")
+    assert rtn(checkpoint, tmp_path / "README.md" / "x") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'README.md'} is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "README.md").read_text() == "read me"

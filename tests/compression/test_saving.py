@@ -90,3 +90,24 @@ def test_plain_tensors_in_half_storage_shrink_the_folder_and_reload_exactly(dtyp
         assert torch.equal(reloaded(ids), model(ids))
     with pytest.raises(ValueError, match="storage dtype 'int8' is not supported; expected one of float32"):
         save_quantized(tmp_path / "bad", model, report, dtype="int8")
+
+
+def test_save_into_a_foreign_folder_needs_overwrite_and_keeps_its_files(tiny, ids, tmp_path):
+    """save_quantized passes ``overwrite`` through; the folder stays marked as shared after the sizes are
+    written, so a later save there (without overwrite) still removes nothing."""
+    from lmlab.compression.rtn import RTN, Config
+    from lmlab.core.checkpoint import BESIDE, OutputFolderError
+
+    model, report = RTN(Config(bits="w4a16")).fit(tiny)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(OutputFolderError, match="config.json"):
+        save_quantized(tmp_path / "hf", model, report)
+    save_quantized(tmp_path / "hf", model, report, overwrite=True)
+    meta = json.loads((tmp_path / "hf" / "meta.json").read_text())
+    assert meta[BESIDE] is True and meta["sizes"]["saved_bytes"] == report.saved_bytes
+    save_quantized(tmp_path / "hf", model, report)
+    assert (tmp_path / "hf" / "config.json").read_text() == "{}"
+    reloaded, _ = load_quantized(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids), model(ids))

@@ -3,8 +3,9 @@
 Quantizes a model with a method of the compression registry and saves it with its tokenizer; ``lmlab.load(DIR)``
 reads it back. ``--model``: anything ``lmlab.load`` reads (run folder, Hugging Face folder, .gguf, smollm2-135m).
 ``--calib``: corpus_en | a UTF-8 text file | none (data-free methods: rtn, hadamard). ``--eval N`` also prints
-the perplexity of N validation windows before and after. Methods report progress on stderr. The library call is
-``lmlab.recipes.compress.compress``.
+the perplexity of N validation windows before and after. ``--out`` must be absent, empty or lmlab's own output;
+``--overwrite`` writes into any other folder, next to its files, removing none. Methods report progress on
+stderr. The library call is ``lmlab.recipes.compress.compress``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run folder, Hugging Face folder, .gguf or smollm2-135m")
     p.add_argument("--calib", default="corpus_en", help="corpus_en | path to a text file | none")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder holding files lmlab did not write (next to them; nothing is removed)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (methods without nsamples)")
     p.add_argument("--seq-len", type=int, default=512, help="calibration window length for those methods")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration window offsets")
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = compress(args.method, args.model, args.out, bits=args.bits, calib=args.calib, nsamples=args.nsamples,
                    seq_len=args.seq_len, seed=args.seed, eval_windows=args.eval, eval_len=args.eval_len,
-                   overrides=args.overrides)
+                   overrides=args.overrides, overwrite=args.overwrite)
     if "ppl_before" in out:
         bos = "BOS prepended" if out["bos_used"] else "no BOS"
         print(f"perplexity before: {out['ppl_before']:.4f} ({out['eval_tokens']} tokens, {bos})")

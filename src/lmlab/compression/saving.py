@@ -87,11 +87,12 @@ def _write_sizes(path: Path, meta: dict, fp_bytes: int | None) -> dict[str, Any]
 
 
 def save_quantized(path: str | Path, model: nn.Module, report: Report | None = None,
-                   dtype: str | torch.dtype | None = None) -> Path:
+                   dtype: str | torch.dtype | None = None, *, overwrite: bool = False) -> Path:
     """Write ``model`` (compressed by a method of this family) to folder ``path``.
 
     ``dtype``: storage of the plain tensors (float32 | bfloat16 | float16; None = the model's own dtype).
     ``report`` (optional) is stored and gets ``saved_bytes``; its ``fp_bytes`` gives the full-precision size.
+    ``overwrite``: write into a folder holding files lmlab did not write, next to them (``core.checkpoint.save``).
     """
     from lmlab.core.config import to_dict
     from lmlab.core.hf import HFCausalLM
@@ -116,9 +117,9 @@ def save_quantized(path: str | Path, model: nn.Module, report: Report | None = N
     meta = {"kind": "lmlab-quantized", "format": FORMAT, "arch": arch.name, "base": base, "modules": modules,
             "storage": {"dtype": storage, "tensors": len(names)},
             "report": report.to_dict() if report is not None else None}
-    out = save(path, {"model": state}, meta)
+    out = save(path, {"model": state}, meta, overwrite=overwrite)
     fp = report.fp_bytes if report is not None and report.fp_bytes else None
-    sizes = _write_sizes(out, meta, fp)
+    sizes = _write_sizes(out, read_meta(out), fp)  # the meta as saved (save may add keys)
     if report is not None:
         report.saved_bytes = sizes["saved_bytes"]
     return out

@@ -3,8 +3,10 @@
 A checkpoint is a folder ``<dir>/`` holding ``model.safetensors``, optionally ``optim.safetensors`` (flattened
 optimizer state), and ``meta.json`` with a mandatory ``kind`` saying what the folder holds ("lmlab-transformer",
 "lmlab-acdit", "lmlab-quantized", "lmlab-trainer"); ``lmlab.load`` reads every kind (``lmlab.loader``).
-Folders are written to ``<dir>.tmp`` and renamed into place, so a killed save never leaves a half-written
-checkpoint behind.
+``save`` replaces lmlab's own output (meta.json with a kind in ``KINDS``) as a whole: ``<dir>.tmp`` is written
+(meta.json last: its presence means complete), then ``<dir>`` -> ``<dir>.old``, ``<dir>.tmp`` -> ``<dir>``; after a
+kill between the renames ``recover`` (called by every reader) puts ``<dir>.tmp`` back. A folder holding anything
+else is refused unless ``overwrite``: then the files are written beside the others, each atomically, removing none.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .runtime import atomic_write
+
 META = "meta.json"
 WEIGHTS = "model.safetensors"
+KINDS = ("lmlab-transformer", "lmlab-acdit", "lmlab-quantized", "lmlab-trainer")  # loader.KINDS + resume state
+BESIDE = "beside_other_files"  # meta.json key: lmlab's files share this folder with files lmlab did not write
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, foreign, or of another config."""
+
+
+class OutputFolderError(ValueError):
+    """An output path lmlab must not write: a folder holding files lmlab did not write, or a file in the way."""
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,29 +50,110 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(path: str | Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
-    """Atomically write ``{file_stem: state_dict}`` as safetensors files plus meta.json into folder ``path``."""
+def _own_meta(folder: Path) -> dict[str, Any] | None:
+    """meta.json of ``folder`` if it names a kind lmlab writes, else None (absent, unreadable, foreign)."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+        return None
+    return meta if isinstance(meta, dict) and meta.get("kind") in KINDS else None
+
+
+def output_mode(path: str | Path, overwrite: bool = False) -> str:
+    """How ``save`` writes folder ``path``: "new" (absent or empty), "replace" (lmlab's own output, as a whole) or
+    "beside" (next to files lmlab did not write: only with ``overwrite``, else ``OutputFolderError``)."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputFolderError(f"cannot write folder {path}: {blocker} is a file, not a folder")
+    if not path.exists() or not any(path.iterdir()):
+        return "new"
+    meta = _own_meta(path)
+    if meta is not None:
+        return "beside" if meta.get(BESIDE) else "replace"
+    if overwrite:
+        return "beside"
+    names = sorted(p.name for p in path.iterdir())
+    raise OutputFolderError(f"{path} already holds files lmlab did not write ({', '.join(names[:5])}"
+                            f"{', ...' if len(names) > 5 else ''}); write to another folder (--out), or pass "
+                            "overwrite=True (--overwrite) to add lmlab's files next to them, removing nothing")
+
+
+def recover(path: str | Path) -> Path:
+    """The folder to read for ``path``: after a save killed between its renames (no ``<dir>``, a complete
+    ``<dir>.tmp``), ``<dir>.tmp`` is put back first (or, where it cannot be renamed, returned)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.exists() or _own_meta(tmp) is None:
+        return path
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another reader put it back first, or a read-only folder
+        return path if path.is_dir() else tmp
+    return path
+
+
+def _discard(folder: Path) -> None:
+    """Remove a ``<dir>.tmp`` / ``<dir>.old`` left by a save; refuse one holding what a save does not write."""
+    if not folder.exists():
+        return
+    ours = folder.is_dir() and not folder.is_symlink() and (_own_meta(folder) is not None or all(
+        e.is_file() and (e.name == META or e.suffix in (".safetensors", ".tmp")) for e in folder.iterdir()))
+    if not ours:
+        held = ", ".join(sorted(e.name for e in folder.iterdir())[:5]) if folder.is_dir() else "a file"
+        raise OutputFolderError(f"{folder} is in the way (lmlab saves through it) and holds what lmlab did not "
+                                f"write ({held}): move it away or choose another output folder")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name == META):  # meta.json last: still recognisable
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    folder.rmdir()
+
+
+def _write_files(folder: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
+    """Each safetensors file through a temporary file renamed into place, then meta.json (atomically, last)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, state in tensors.items():
+        part = folder / f".{stem}.safetensors.{os.getpid()}.tmp"
+        try:
+            save_file(_unshared(state), str(part))
+            with open(part, "rb") as f:  # on disk before meta.json says the folder is complete
+                os.fsync(f.fileno())
+            os.replace(part, folder / f"{stem}.safetensors")
+        finally:
+            part.unlink(missing_ok=True)
+    atomic_write(folder / META, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def save(path: str | Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], *,
+         overwrite: bool = False) -> Path:
+    """Write ``{file_stem: state_dict}`` as safetensors files plus meta.json into folder ``path`` (module doc)."""
     if not meta.get("kind"):
         raise ValueError("checkpoint meta needs a 'kind' (e.g. 'lmlab-transformer'): lmlab.load dispatches on it")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for stem, state in tensors.items():
-        save_file(_unshared(state), str(tmp / f"{stem}.safetensors"))
-    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    old = path.with_name(path.name + ".old")
+    recover(path)
+    if output_mode(path, overwrite) == "beside":
+        _write_files(path, tensors, {**meta, BESIDE: True})
+        return path
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    _discard(tmp)
+    _discard(old)
+    _write_files(tmp, tensors, meta)
     if path.exists():
         os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    try:  # killed here: a complete <dir>.tmp and no <dir>, which recover() puts back
+        os.replace(tmp, path)
+    except FileNotFoundError:  # a reader's recover() did
+        if not path.is_dir():
+            raise
+    _discard(old)
     return path
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """meta.json of checkpoint folder ``path`` (after ``recover``)."""
+    path = recover(path)
     if not (path / META).is_file():
         raise CheckpointError(f"{path} is not an lmlab checkpoint (no {META})")
     try:
@@ -72,7 +163,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_tensors(path: str | Path, stem: str = "model") -> dict[str, torch.Tensor]:
-    f = Path(path) / f"{stem}.safetensors"
+    f = recover(path) / f"{stem}.safetensors"
     if not f.is_file():
         raise CheckpointError(f"checkpoint file missing: {f}")
     try:

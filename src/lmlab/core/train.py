@@ -232,7 +232,7 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the run's checkpoint if there is one; the model config must match. Returns True if resumed."""
-        if self.ckpt_path is None or not self.ckpt_path.exists():
+        if self.ckpt_path is None or not ckpt.recover(self.ckpt_path).exists():
             return False
         meta = ckpt.read_meta(self.ckpt_path)
         if meta.get("kind") != "lmlab-trainer":

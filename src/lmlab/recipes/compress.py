@@ -9,11 +9,17 @@ others from ``nsamples`` / ``seq_len`` here. ``eval_windows`` > 0 also scores th
 validation windows (corpus_en val, or the file's last 10 %) before and after, with the tokenizer's BOS
 convention (``core.scoring.bos_convention``). The folder holds the compressed model (``compression.saving``)
 and the tokenizer; ``lmlab.load(out)`` reads it back.
+
+``out`` is checked before any work: a folder holding files lmlab did not write (a training run folder, a
+Hugging Face folder, anything else) is refused unless ``overwrite``; then the model and tokenizer files are
+written next to what is there, each atomically, and nothing else is removed (``core.checkpoint.save``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import numpy as np
 from lmlab.compression import REGISTRY
 from lmlab.compression.evaluate import score_windows, windows
 from lmlab.compression.saving import save_quantized, saved_sizes
+from lmlab.core.checkpoint import output_mode
 from lmlab.core.config import apply_overrides
 from lmlab.core.scoring import bos_convention
 from lmlab.loader import load
@@ -49,10 +56,26 @@ def method_config(method: str, bits: str | None, overrides: list[str]) -> Any:
     return apply_overrides(cfg, list(overrides) + ([f"bits={bits}"] if bits else []))
 
 
+def save_tokenizer(tok: Any, out: Path) -> None:
+    """Write ``tok`` into folder ``out`` file by file, each atomically (a tokenizer of lmlab or Hugging Face)."""
+    if hasattr(tok, "save"):  # lmlab tokenizers: one tokenizer.json, written atomically
+        tok.save(out / "tokenizer.json")
+    elif hasattr(tok, "tok"):  # HFTokenizer: the wrapped transformers tokenizer's files, staged then renamed
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as staging:
+            tok.tok.save_pretrained(staging)
+            for f in sorted(Path(staging).iterdir()):
+                os.replace(f, out / f.name)
+
+
 def compress(method: str, model: str, out: str | Path, *, bits: str | None = None, calib: str = "corpus_en",
              nsamples: int = 32, seq_len: int = 512, seed: int = 0, eval_windows: int = 0, eval_len: int = 512,
-             overrides: list[str] | None = None) -> dict[str, Any]:
-    """Compress, save to ``out``, return {report, sizes, ppl_before, ppl_after, bos_used, eval_tokens}."""
+             overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Compress, save to ``out``, return {report, sizes, ppl_before, ppl_after, bos_used, eval_tokens}.
+
+    ``overwrite``: write into a folder holding files lmlab did not write, next to them (module docstring).
+    """
+    out = Path(out)
+    output_mode(out, overwrite)  # refuse a foreign folder or a file in the way before any work
     cfg = method_config(method, bits, overrides or [])
     net, tok, _ = load(model)
     if tok is None:
@@ -73,10 +96,6 @@ def compress(method: str, model: str, out: str | Path, *, bits: str | None = Non
     net, report = REGISTRY.get(method)(cfg).fit(net, calib_ids)
     if val is not None:
         result["ppl_after"] = score_windows(net, val, bos_id=bos).perplexity
-    out = Path(out)
-    save_quantized(out, net, report)
-    if hasattr(tok, "save"):  # lmlab tokenizers
-        tok.save(out / "tokenizer.json")
-    elif hasattr(tok, "tok"):  # HFTokenizer: the wrapped transformers tokenizer
-        tok.tok.save_pretrained(out)
+    save_quantized(out, net, report, overwrite=overwrite)
+    save_tokenizer(tok, out)
     return result | {"report": report, "sizes": saved_sizes(out), "bits": getattr(cfg, "bits", "")}
