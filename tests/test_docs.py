@@ -156,11 +156,24 @@ def working_folder(path: Path) -> Path:
     return path
 
 
+def checkout_files(work: Path) -> dict[str, bytes]:
+    """The files under the working folder's repro/ and bench/ (bytecode caches aside): path -> content."""
+    return {str(p.relative_to(work)): p.read_bytes() for d in ("repro", "bench") for p in (work / d).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+@dataclass
+class Walk:
+    outcomes: dict[int, Outcome]  # command index -> outcome (Python blocks: -1, -2, ...)
+    written: set[str]  # files the walk added or changed under repro/ and bench/
+
+
 @pytest.fixture(scope="module")
-def walk(tmp_path_factory) -> dict[int, Outcome]:
+def walk(tmp_path_factory) -> Walk:
     """Run every README lmlab command in README order in one working folder (later commands read what earlier
-    ones wrote, as for a user), then the Python blocks; command index -> outcome (Python blocks: -1, -2, ...)."""
+    ones wrote, as for a user), then the Python blocks."""
     work = working_folder(tmp_path_factory.mktemp("readme"))
+    before = checkout_files(work)
     outcomes: dict[int, Outcome] = {}
     with contextlib.chdir(work):
         for i, argv in enumerate(LMLAB_COMMANDS):
@@ -172,7 +185,8 @@ def walk(tmp_path_factory) -> dict[int, Outcome]:
                 outcomes[-j] = Outcome(["python"], seconds=time.perf_counter() - t0)
             except Exception:
                 outcomes[-j] = Outcome(["python"], error=traceback.format_exc())
-    return outcomes
+    after = checkout_files(work)
+    return Walk(outcomes, {f for f, content in after.items() if before.get(f) != content})
 
 
 def check(outcome: Outcome) -> None:
@@ -191,12 +205,12 @@ def test_readme_has_the_commands_this_file_walks():
 
 @pytest.mark.parametrize("i", range(len(LMLAB_COMMANDS)), ids=[shlex.join(c[1:4]) for c in LMLAB_COMMANDS])
 def test_readme_command_runs(walk, i):
-    check(walk[i])
+    check(walk.outcomes[i])
 
 
 @pytest.mark.parametrize("j", range(1, len(PYTHON_BLOCKS) + 1))
 def test_readme_python_block_runs(walk, j):
-    check(walk[-j])
+    check(walk.outcomes[-j])
 
 
 def test_the_walk_is_quick_and_reduced_commands_are_named_in_the_table(walk):
@@ -204,8 +218,15 @@ def test_the_walk_is_quick_and_reduced_commands_are_named_in_the_table(walk):
     heavy = {"train", "generate", "eval", "sample", "compress", "repro", "bench"}
     unreduced = [c for c in LMLAB_COMMANDS if c[1] in heavy and reduced(c) == c[1:]]
     assert not unreduced, f"add a REDUCE entry for {unreduced}"
-    total = sum(o.seconds for o in walk.values())
-    assert total < 60, {shlex.join(o.args): round(o.seconds, 1) for o in walk.values()}
+    total = sum(o.seconds for o in walk.outcomes.values())
+    assert total < 60, {shlex.join(o.args): round(o.seconds, 1) for o in walk.outcomes.values()}
+
+
+def test_the_reduced_runs_wrote_only_their_own_untracked_files(walk):
+    """Smoke reproductions write results/smoke.json alone (no latest.json, INDEX.md or README change) and quick
+    benchmarks write nothing."""
+    assert walk.written, "the walk ran no reproduction"
+    assert all(re.fullmatch(r"repro/\w+/results/smoke\.json", f) for f in walk.written), sorted(walk.written)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs the make command")
