@@ -5,9 +5,13 @@ A reproduction is a folder ``repro/<slug>/``: ``README.md`` (claim, paper number
 threshold}``), ``config.toml`` (knobs; a ``[smoke]`` table overrides them for ``--smoke``) and ``run.py`` with
 ``run(cfg: dict, smoke: bool) -> dict`` of metrics. The folder is loaded as the package ``lmlab_repro_<slug>``
 (registered in ``sys.modules``): ``run.py`` imports its sibling files relatively, a benchmark imports them with
-``repro_module(slug, name)``, and "fork" worker processes can unpickle the folder's functions. Full runs write
-``results/latest.json`` and a dated copy, smoke runs ``results/smoke.json``; ``repro/INDEX.md`` and every README's
-"Last measured result" section are then regenerated from the result files.
+``repro_module(slug, name)``, and "fork" worker processes can unpickle the folder's functions.
+
+Result files: only a full run with the folder's own config (no ``--smoke``, no ``--set``) is the record of the
+reproduction; it writes ``results/latest.json`` and a dated copy, and ``repro/INDEX.md`` and every README's "Last
+measured result" section are then regenerated from the ``latest.json`` files. A reduced run writes only its own
+file, which git ignores: a smoke run ``results/smoke.json``, a run with ``--set`` overrides (smoke or not)
+``results/custom-<date>.json`` (``custom-<date>-2.json`` and so on when that day already has one).
 
 A benchmark is ``bench/<name>.py`` whose ``run(quick: bool = False)`` returns ``results.bench_record`` over the
 cases of ``ab_cases`` (A and B alternately, round by round, at 1 and 2 torch threads); full runs write
@@ -106,7 +110,27 @@ def repro_module(slug: str, name: str = "run", root: Path | None = None, fresh: 
     return importlib.import_module(f"{package}.{name}")
 
 
-def run_repro(root: Path, slug: str, smoke: bool, overrides: list[str] | None = None) -> dict[str, Any]:
+def is_full_run(smoke: bool, overrides: list[str] | None) -> bool:
+    """Whether a run is the reproduction's record: its own config, neither smoke nor ``--set`` overrides."""
+    return not smoke and not overrides
+
+
+def result_paths(folder: Path, smoke: bool, overrides: list[str] | None) -> list[Path]:
+    """The files a run of ``folder`` writes its record to (see the module docstring)."""
+    out, day = folder / "results", now()[:10]
+    if overrides:
+        path, n = out / f"custom-{day}.json", 1
+        while path.exists():  # never overwrite an earlier custom run of the same day
+            n += 1
+            path = out / f"custom-{day}-{n}.json"
+        return [path]
+    if smoke:
+        return [out / "smoke.json"]
+    return [out / "latest.json", out / f"{day}.json"]
+
+
+def run_repro(root: Path, slug: str, smoke: bool, overrides: list[str] | None = None,
+              log: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Run one reproduction from disk, check its (smoke) gates and write its result file(s); the record."""
     _known(slug, slugs(root), "reproduction")
     folder = root / "repro" / slug
@@ -119,19 +143,17 @@ def run_repro(root: Path, slug: str, smoke: bool, overrides: list[str] | None = 
     cmd = f"lmlab repro {slug}" + (" --smoke" if smoke else "") + "".join(f" --set {o}" for o in overrides or [])
     rec = repro_record(slug, expected.get("claim", ""), expected.get("paper", {}), metrics, gates, t.seconds,
                        smoke, command=cmd)
-    out = folder / "results"
-    if smoke:
-        write_json(out / "smoke.json", rec)
-    else:
-        write_json(out / "latest.json", rec)
-        write_json(out / f"{now()[:10]}.json", rec)
+    for path in result_paths(folder, smoke, overrides):
+        write_json(path, rec)
+        if log:
+            log(f"wrote {path.relative_to(root)}")
     return rec
 
 
 def run_repros(which: str, smoke: bool, overrides: list[str] | None = None,
                log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
-    """Run the reproduction ``which`` (or "all") with pinned torch threads, then regenerate INDEX.md and the
-    README sections; the records."""
+    """Run the reproduction ``which`` (or "all") with pinned torch threads; after full runs (no smoke, no
+    overrides) regenerate INDEX.md and the README sections. The records."""
     set_threads()
     root = repo_root()
     todo = slugs(root) if which == "all" else [_known(which, slugs(root), "reproduction")]
@@ -139,8 +161,11 @@ def run_repros(which: str, smoke: bool, overrides: list[str] | None = None,
     for slug in todo:
         if log:
             log(f"== {slug}{' (smoke)' if smoke else ''}")
-        records.append(run_repro(root, slug, smoke, overrides))
-    write_index(root)
+        records.append(run_repro(root, slug, smoke, overrides, log))
+    if is_full_run(smoke, overrides):
+        index = write_index(root)
+        if log:
+            log(f"wrote {index.relative_to(root)} and the README result sections")
     return records
 
 
@@ -170,15 +195,14 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def result_block(folder: Path) -> str:
-    """The README section with the last full and smoke results of ``folder`` (from its result files)."""
+    """The README section with the last full-run result of ``folder`` (from ``results/latest.json``)."""
     lines = [BEGIN, "## Last measured result", ""]
-    for name, title in (("latest.json", "Full run"), ("smoke.json", "Smoke run")):
-        f = folder / "results" / name
-        if not f.is_file():
-            lines += [f"**{title}:** not run yet.", ""]
-            continue
+    f = folder / "results" / "latest.json"
+    if not f.is_file():
+        lines += ["**Full run:** not run yet.", ""]
+    else:
         r = json.loads(f.read_text())
-        lines += [f"**{title}:** {'PASS' if passed(r) else 'FAIL'} on {r['date'][:10]}, {r['machine']}, "
+        lines += [f"**Full run:** {'PASS' if passed(r) else 'FAIL'} on {r['date'][:10]}, {r['machine']}, "
                   f"{r['seconds']:.0f} s (`{r.get('command', '')}`).", "",
                   "| gate | measured | criterion | |", "|---|---|---|---|"]
         lines += [f"| {g['name']} | {_fmt(g['value'])} | {g['op']} {_fmt(g['threshold'])} | "
@@ -204,25 +228,22 @@ def write_readme_block(folder: Path) -> Path | None:
 
 
 def write_index(root: Path) -> Path:
-    """Regenerate repro/INDEX.md and every README's last-result section from the result files."""
+    """Regenerate repro/INDEX.md and every README's last-result section from the full-run records
+    (``results/latest.json``); reduced runs never appear there."""
     lines = ["# Reproductions", "",
-             "Generated by `lmlab repro` from `repro/*/results/{latest,smoke}.json`; do not edit by hand.", "",
-             "| method | paper claim | our criterion (full run) | last full result | last smoke result | command |",
-             "|---|---|---|---|---|---|"]
+             "Generated by `lmlab repro` from the full-run records `repro/*/results/latest.json`; do not edit by hand.",
+             "", "| method | paper claim | our criterion (full run) | last full result | command |",
+             "|---|---|---|---|---|"]
     for slug in slugs(root):
         folder = root / "repro" / slug
         expected = tomllib.loads((folder / "expected.toml").read_text())
         crit = "; ".join(f"{g['metric']} {g['op']} {g['threshold']}" for g in expected.get("gate", [])) or "-"
-        cells = []
-        for name in ("latest.json", "smoke.json"):
-            f = folder / "results" / name
-            if f.is_file():
-                r = json.loads(f.read_text())
-                cells.append(f"{'PASS' if passed(r) else 'FAIL'}: {gate_text(r)} ({r['date'][:10]}, {r['machine']})")
-            else:
-                cells.append("not run yet")
-        lines.append(f"| {slug} | {expected.get('claim', '')} | {crit} | {cells[0]} | {cells[1]} "
-                     f"| `lmlab repro {slug}` |")
+        f = folder / "results" / "latest.json"
+        cell = "not run yet"
+        if f.is_file():
+            r = json.loads(f.read_text())
+            cell = f"{'PASS' if passed(r) else 'FAIL'}: {gate_text(r)} ({r['date'][:10]}, {r['machine']})"
+        lines.append(f"| {slug} | {expected.get('claim', '')} | {crit} | {cell} | `lmlab repro {slug}` |")
         write_readme_block(folder)
     return atomic_write(root / "repro" / "INDEX.md", "\n".join(lines) + "\n")
 

@@ -2,6 +2,8 @@
 the folder loaded as a package (relative imports, worker processes)."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from lmlab import harness
 
 ROOT = Path(__file__).resolve().parents[2]
+DAY = "2030-01-02"  # the date the checkout fixture gives result file names (a run at midnight cannot straddle two)
 
 RUN = '''
 def run(cfg, smoke):
@@ -44,6 +47,7 @@ def checkout(tmp_path, monkeypatch):
     (folder / "config.toml").write_text("score = 0.7\n[smoke]\nscore = 0.1\n")
     (folder / "README.md").write_text("# Toy\n\nHand-written text.\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(harness, "now", lambda: f"{DAY}T00:00:00Z")
     return tmp_path
 
 
@@ -57,7 +61,9 @@ def test_smoke_and_full_runs_write_their_own_files_and_check_their_own_gates(che
     assert not by_name["missing_metric"]["passed"]  # a metric the run did not produce fails its gate
     results = checkout / "repro" / "toy" / "results"
     assert json.loads((results / "smoke.json").read_text())["smoke"] is True
-    assert json.loads((results / "latest.json").read_text())["command"] == "lmlab repro toy --set score=0.25"
+    custom = json.loads((results / f"custom-{DAY}.json").read_text())
+    assert custom["command"] == "lmlab repro toy --set score=0.25" and custom["smoke"] is False
+    assert not (results / "latest.json").exists()  # a run with overrides is not the reproduction's record
     with pytest.raises(ValueError, match="key must be one of"):
         harness.run_repro(checkout, "toy", smoke=False, overrides=["nope=1"])
     with pytest.raises(ValueError, match="unknown reproduction 'other'"):
@@ -80,6 +86,74 @@ def test_index_and_readme_sections_are_regenerated_in_place(checkout):
     assert (folder / "README.md").read_text().endswith("More notes after the block.\n")
     index = (checkout / "repro" / "INDEX.md").read_text()
     assert "| toy | a toy claim |" in index and "score >= 0.5" in index
+
+
+def tracked_files(root: Path) -> dict[str, bytes]:
+    """What a full run owns: latest.json, the dated copies, README.md and INDEX.md (path -> bytes)."""
+    paths = [*root.glob("repro/*/results/latest.json"), *root.glob("repro/*/results/????-??-??.json"),
+             *root.glob("repro/*/README.md"), root / "repro" / "INDEX.md"]
+    return {str(p.relative_to(root)): p.read_bytes() for p in paths if p.is_file()}
+
+
+def test_reduced_runs_leave_the_full_run_record_readme_and_index_alone(checkout, capsys):
+    """Regression: ``lmlab repro SLUG --set ...`` overwrote latest.json, the README's full-run section and
+    INDEX.md with a reduced-run FAIL, and ``--smoke`` rewrote the README and INDEX.md."""
+    from lmlab.cli.main import main
+
+    assert main(["repro", "toy"]) == 1  # the full run: the record (its missing_metric gate fails)
+    record = tracked_files(checkout)
+    assert {"repro/toy/results/latest.json", f"repro/toy/results/{DAY}.json", "repro/toy/README.md",
+            "repro/INDEX.md"} == set(record)
+    capsys.readouterr()
+    assert main(["repro", "toy", "--set", "score=0.1"]) == 1
+    assert main(["repro", "toy", "--smoke"]) == 0
+    assert main(["repro", "all", "--smoke", "--set", "score=0.9"]) == 0
+    out, err = capsys.readouterr()
+    assert tracked_files(checkout) == record  # byte for byte
+    assert out.count("| toy | a toy claim |") == 3  # every run still prints the claim-vs-measured table
+    results = checkout / "repro" / "toy" / "results"
+    assert f"wrote repro/toy/results/custom-{DAY}.json" in err and "wrote repro/toy/results/smoke.json" in err
+    assert "INDEX.md" not in err
+    second = json.loads((results / f"custom-{DAY}-2.json").read_text())  # the day's first custom run is kept
+    assert second["command"] == "lmlab repro toy --smoke --set score=0.9" and second["smoke"] is True
+    assert json.loads((results / f"custom-{DAY}.json").read_text())["metrics"]["score"] == 0.1
+    assert sorted(p.name for p in results.iterdir()) == sorted(
+        ["latest.json", f"{DAY}.json", "smoke.json", f"custom-{DAY}.json", f"custom-{DAY}-2.json"])
+
+
+def test_index_and_readme_show_full_runs_only(checkout):
+    """Regression: a smoke result appeared as an INDEX.md column and a README section of its own."""
+    folder = checkout / "repro" / "toy"
+    harness.run_repro(checkout, "toy", smoke=True)
+    harness.write_index(checkout)
+    readme, index = (folder / "README.md").read_text(), (checkout / "repro" / "INDEX.md").read_text()
+    assert "smoke" not in readme.lower() and "smoke" not in index.lower()
+    assert "**Full run:** not run yet." in readme and "| toy | a toy claim | score >= 0.5; missing_metric < 1.0 " \
+        "| not run yet | `lmlab repro toy` |" in index
+    harness.run_repro(checkout, "toy", smoke=False)
+    harness.write_index(checkout)
+    index = (checkout / "repro" / "INDEX.md").read_text()
+    assert "| FAIL: score=0.7 >= 0.5 ok; missing_metric=None < 1 FAIL (" in index
+    assert "smoke" not in (folder / "README.md").read_text().lower()
+
+
+def git_lines(*args: str) -> list[str]:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None,
+                    reason="needs a git checkout of lmlab and the git command")
+def test_reduced_run_files_are_ignored_by_git_and_not_tracked():
+    """Regression: every repro/*/results/smoke.json was tracked, so ``make demo`` changed 8 tracked files."""
+    assert git_lines("ls-files", "repro/*/results/smoke.json", "repro/*/results/custom-*.json") == []
+    names = [f"repro/{slug}/results/{name}" for slug in harness.slugs(ROOT)
+             for name in ("smoke.json", "custom-2030-01-01.json", "custom-2030-01-01-2.json")]
+    assert git_lines("check-ignore", "--no-index", *names) == names
+    full = [f"repro/{slug}/results/{name}" for slug in harness.slugs(ROOT)
+            for name in ("latest.json", "2030-01-01.json")]
+    assert subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *full],
+                          capture_output=True).returncode == 1  # 1: none of them is ignored
 
 
 def test_cli_exit_code_reflects_the_gates(checkout, capsys):

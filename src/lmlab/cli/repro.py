@@ -1,6 +1,9 @@
-"""``lmlab repro <slug>|all [--smoke]``: run paper reproductions, check their gates, write results, print the table.
+"""``lmlab repro <slug>|all [--smoke] [--set KEY=VALUE]``: run paper reproductions, check their gates, write
+results, print the claim-vs-measured table.
 
-The harness (folder layout, result files, INDEX.md and README sections) is ``lmlab.harness``.
+Only a full run (no ``--smoke``, no ``--set``) updates the committed record (``results/latest.json``, the dated
+copy, INDEX.md and the README sections); reduced runs write their own untracked file. The harness (folder layout,
+result files, INDEX.md and README sections) is ``lmlab.harness``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from lmlab.core.runtime import use_device
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("slug", help="reproduction folder name under repro/, or 'all'")
-    p.add_argument("--smoke", action="store_true", help="reduced run (< 60 s) whose gates check plumbing only")
+    p.add_argument("--smoke", action="store_true",
+                   help="reduced run (< 60 s) whose gates check plumbing only; writes results/smoke.json only")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config.toml key")
+                   help="override a config.toml key; writes results/custom-<date>.json only")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | mps | auto (default: $LMLAB_DEVICE or cpu)")
 
 
