@@ -83,3 +83,21 @@ def test_binary_config_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"lmlab train: error: {binary}: not a UTF-8 TOML file" in err and "expected a TOML config" in err
     assert "Traceback" not in err
+
+
+def test_a_partial_nested_table_keeps_the_jobs_own_defaults():
+    """``--train.steps 5`` on a job whose train table defaults to lr 3e-3 keeps 3e-3 (it used to fall back to
+    TrainConfig()'s 3e-4); fields derived in __post_init__ are derived again from the given values."""
+    import argparse
+
+    from lmlab.core.config import add_job_arguments, from_dict, job_from_args
+    from lmlab.recipes.acdit import TrainJob
+    from lmlab.recipes.tasks import TaskJob
+
+    p = argparse.ArgumentParser()
+    add_job_arguments(p, TrainJob, "toml")
+    job = job_from_args(TrainJob, p.parse_args(["--train.steps", "300", "--model.dim", "32"]))
+    assert (job.train.steps, job.train.lr, job.train.schedule, job.train.run_dir) == (300, 2e-3, "wsd", "runs/acdit")
+    task = from_dict(TaskJob, {"train": {"steps": 5}, "model": {"dim": 32, "n_heads": 4}})
+    assert (task.train.lr, task.model.n_layers, task.model.max_seq_len) == (3e-3, 2, 64)
+    assert (task.model.n_kv_heads, task.model.ffn_dim) == (4, 96)  # derived from n_heads 4 and dim 32

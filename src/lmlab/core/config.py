@@ -127,10 +127,29 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; known keys: {', '.join(sorted(names))}"
         )
+    data = {k: ({**table_defaults(cls, k), **v} if _is_config(hints[k]) and isinstance(v, dict) else v)
+            for k, v in data.items()}
     kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
     cfg = cls(**kwargs)
     validate_choices(cfg, prefix)
     return cfg
+
+
+def table_defaults(cls: type, name: str) -> dict[str, Any]:
+    """The settings a nested table ``name`` of ``cls`` has by default beyond its own class's defaults.
+
+    ``TaskJob.train`` defaults to ``TrainConfig(steps=2000, lr=3e-3, ...)``: a partial table (``--train.steps 5``,
+    a TOML ``[train]`` with one key) keeps lr=3e-3 instead of falling back to ``TrainConfig()``'s. Fields declared
+    with a None default (derived in ``__post_init__``, e.g. ``n_kv_heads``, ``ffn_dim``) are left out, so they are
+    derived again from the values actually given.
+    """
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return {}
+    tp = _hints(cls)[name]
+    own, base = to_dict(field.default_factory()), to_dict(tp())  # type: ignore[misc]
+    derived = {f.name for f in dataclasses.fields(tp) if f.default is None}
+    return {k: v for k, v in own.items() if k not in derived and v != base.get(k)}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
