@@ -43,7 +43,7 @@ from torch import nn
 
 from lmlab.core.config import param, to_dict
 from lmlab.core.runtime import Timer
-from lmlab.core.scoring import score
+from lmlab.core.scoring import score, token_batches
 
 from .base import Report, set_module
 
@@ -294,15 +294,8 @@ class LayerCETT:
 
 
 def as_batches(calib: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Token ids (B, T) or an iterable of them -> list of (B, T) LongTensors with T >= 2."""
-    batches = [calib] if isinstance(calib, torch.Tensor) else list(calib)
-    if not batches:
-        raise ValueError("calibration data is empty; expected token ids (B, T) or a list of them")
-    for b in batches:
-        if not isinstance(b, torch.Tensor) or b.ndim != 2 or b.shape[1] < 2 or b.is_floating_point():
-            raise ValueError(f"calibration batches must be integer token ids of shape (B, T >= 2), got "
-                             f"{getattr(b, 'shape', type(b).__name__)}")
-    return batches
+    """Token ids (B, T) or an iterable of them -> list of (B, T) LongTensors with T >= 2 (``core.scoring``)."""
+    return token_batches(calib, min_len=2)
 
 
 @torch.no_grad()

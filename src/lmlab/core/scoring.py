@@ -37,8 +37,10 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "sum
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 
-def _batches(ids: torch.Tensor | Iterable[torch.Tensor], batch_size: int | None) -> list[torch.Tensor]:
-    """(N, T) split into ``batch_size`` rows (whole when None), or the given list of (B, T) batches."""
+def token_batches(ids: torch.Tensor | Iterable[torch.Tensor], batch_size: int | None = None,
+                  min_len: int = 1) -> list[torch.Tensor]:
+    """(N, T) split into ``batch_size`` rows (whole when None), or the given list of (B, T) batches; each must be
+    integer token ids with T >= ``min_len`` (ValueError naming the shape otherwise)."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(ids, torch.Tensor):
@@ -48,8 +50,8 @@ def _batches(ids: torch.Tensor | Iterable[torch.Tensor], batch_size: int | None)
     if not batches:
         raise ValueError("nothing to score: expected token ids (N, T) or a non-empty list of (B, T) batches")
     for b in batches:
-        if not isinstance(b, torch.Tensor) or b.ndim != 2 or b.shape[1] < 1 or b.is_floating_point():
-            raise ValueError(f"token ids must be integer tensors of shape (B, T), got "
+        if not isinstance(b, torch.Tensor) or b.ndim != 2 or b.shape[1] < min_len or b.is_floating_point():
+            raise ValueError(f"token ids must be integer tensors of shape (B, T >= {min_len}), got "
                              f"{getattr(b, 'shape', type(b).__name__)} {getattr(b, 'dtype', '')}")
     return batches
 
@@ -62,7 +64,7 @@ def score(model: nn.Module, ids: torch.Tensor | Iterable[torch.Tensor], *, bos_i
     The model's train / eval mode is left as it is (callers that evaluate put it in eval mode).
     """
     total, count = 0.0, 0
-    for batch in _batches(ids, batch_size):
+    for batch in token_batches(ids, batch_size):
         if bos_id is not None:
             batch = torch.cat([batch.new_full((batch.shape[0], 1), int(bos_id)), batch], dim=1)  # (B, 1 + T)
         if batch.shape[1] < 2:
