@@ -1,0 +1,45 @@
+"""Serving lmlab models: ``LocalClient`` (an in-process ``ChatClient``) and ``lmlab serve`` (OpenAI-compatible).
+
+    from lmlab.serve import LocalClient, run
+    LocalClient("runs/tiny").chat([{"role": "user", "content": "hi"}]).text
+    run("runs/tiny", decoder="gsd", draft="skip:odd", port=8000)     # blocks; Ctrl-C stops it
+
+``create_app`` (``serve.app``) is the FastAPI app; ``run`` builds the client and the app and serves them with
+uvicorn. FastAPI and uvicorn are imported only when the server is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .local import LocalClient
+
+__all__ = ["LocalClient", "create_app", "run"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def create_app(client: LocalClient, api_key: str | None = None) -> Any:
+    """The FastAPI app serving ``client`` (see ``lmlab.serve.app``)."""
+    from .app import create_app as make
+
+    return make(client, api_key)
+
+
+def run(model: str, *, decoder: str = "greedy", draft: str | None = None, overrides: Sequence[str] = (),
+        host: str = LOOPBACK, port: int = 8000, api_key: str | None = None,
+        on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``model`` (any ``lmlab.load`` spec) at http://host:port/v1 until interrupted.
+
+    ``on_ready(url)`` is called once the model is loaded, just before the server starts listening.
+    """
+    import uvicorn
+
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, got {port}")
+    client = LocalClient(model, decoder=decoder, draft=draft, decoder_overrides=overrides)
+    app = create_app(client, api_key)
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
