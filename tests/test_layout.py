@@ -17,6 +17,7 @@ FAMILIES = ("models", "decoding", "compression", "adapters", "objectives", "laws
 # modules loader.py, harness.py and catalog.py sit above the families (a module name ends in ".py" here).
 ALLOWED = {"core": {"core"}, "tasks": {"core", "tasks"}, **{f: {"core", "tasks", f, "models"} for f in FAMILIES},
            "recipes": {"core", "tasks", "recipes", "loader", *FAMILIES},
+           "serve": {"core", "serve", "loader", "recipes", *FAMILIES},
            "loader.py": {"core"}, "harness.py": {"core"}}
 
 
