@@ -64,8 +64,9 @@ def test_file_size_budgets():
             too_big.append(f"{p.relative_to(ROOT)}: {n} > {limit} lines")
     assert not too_big, too_big
     core = sum(len(p.read_text().splitlines()) for p in py_files(SRC / "core"))
-    # 3500: the wave-2 core (LM protocol, block context, device/aux/frozen-aware Trainer, scoring, chat client)
-    assert core <= 3500, f"core/ has {core} lines > 3500"
+    # 3850: the wave-2 core (LM protocol, block context, device/aux/frozen-aware Trainer, scoring, chat clients:
+    # OpenAI-compatible, SQLite response cache, scripted, the --llm factory)
+    assert core <= 3850, f"core/ has {core} lines > 3850"
 
 
 def test_no_junk_drawers():
