@@ -319,3 +319,27 @@ def test_cli_serve_prints_the_url_and_serves(run_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_lmlabs_own_clients_against_the_real_server(run_dir, tmp_path, monkeypatch):
+    """core.chat.OpenAIClient (behind the SQLite CachedClient) through `lmlab serve` gives what LocalClient gives
+    in process; the second run makes no model call and is byte-identical; local: builds a LocalClient."""
+    from lmlab.core.chat import CachedClient, OpenAIClient, result_to_json
+    from lmlab.serve import make_client
+
+    local = LocalClient(run_dir)
+    params = dict(max_tokens=8, temperature=0.8, seed=3, n=2)
+    direct = local.chat(HELLO, **params)
+    monkeypatch.setenv("LMLAB_TEST_KEY", KEY)
+    with serving(local) as port:
+        remote = OpenAIClient(f"http://127.0.0.1:{port}/v1", run_dir, api_key_env="LMLAB_TEST_KEY")
+        cached = CachedClient(remote, tmp_path / "cache.sqlite")
+        first = cached.chat(HELLO, **params)
+        assert [c.text for c in first.completions] == [c.text for c in direct.completions]
+    replay = CachedClient(None, tmp_path / "cache.sqlite", replay_only=True, model=run_dir)
+    again = replay.chat(HELLO, **params)  # the server is gone: only the cache can answer
+    assert again.cached and result_to_json(again) == result_to_json(first.__class__(**{**first.__dict__,
+                                                                                        "cached": True}))
+    in_process = make_client(f"local:{run_dir}")
+    assert isinstance(in_process, LocalClient)
+    assert in_process.chat(HELLO, max_tokens=8).text == local.chat(HELLO, max_tokens=8).text

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -536,31 +535,22 @@ def _http_client(spec: str) -> OpenAIClient:
     return OpenAIClient(base_url, model, api_key_env=query.get("api_key_env", [None])[-1])
 
 
-def _local_client(spec: str) -> ChatClient:
-    """``local:SPEC`` -> ``lmlab.serve.LocalClient(SPEC)``, imported only when asked for."""
-    if not spec:
-        raise ValueError("--llm local:SPEC needs a model spec after 'local:'")
-    try:
-        serve = importlib.import_module("lmlab.serve")
-    except ModuleNotFoundError as e:
-        if e.name not in ("lmlab", "lmlab.serve"):
-            raise
-        raise RuntimeError(f"--llm local:{spec} needs lmlab.serve, which this installation does not have") from e
-    if not hasattr(serve, "LocalClient"):
-        raise RuntimeError(f"--llm local:{spec}: lmlab.serve has no LocalClient")
-    return serve.LocalClient(spec)
-
-
-def make_client(spec: str, cache: str | Path | None = None) -> ChatClient:
+def make_client(spec: str, cache: str | Path | None = None,
+                local: Callable[[str], ChatClient] | None = None) -> ChatClient:
     """The client of a CLI ``--llm`` string, optionally behind a response cache at ``cache``.
 
     ``http://...`` / ``https://...`` (an OpenAI-compatible endpoint, model from ``?model=`` or $LMLAB_LLM_MODEL),
-    ``replay:FILE`` (answers only from the response cache FILE) or ``local:SPEC`` (an lmlab model in process).
+    ``replay:FILE`` (answers only from the response cache FILE) or ``local:SPEC`` (an lmlab model in process,
+    built by ``local(SPEC)``: ``lmlab.serve.make_client`` passes ``LocalClient``; core imports no serve).
     """
     if spec.startswith(("http://", "https://")):
         client = _http_client(spec)
     elif spec.startswith("local:"):
-        client = _local_client(spec[len("local:"):])
+        if local is None:
+            raise ValueError(f"--llm {spec!r} runs an lmlab model in process: use lmlab.serve.make_client")
+        if not spec[len("local:"):]:
+            raise ValueError("--llm local:SPEC needs a model spec after 'local:'")
+        client = local(spec[len("local:"):])
     elif spec.startswith("replay:"):
         if cache is not None:
             raise ValueError(f"--llm {spec!r} already is a cache; a second cache ({cache}) makes no sense")

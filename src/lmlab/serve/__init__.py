@@ -15,9 +15,16 @@ from typing import Any
 
 from .local import LocalClient
 
-__all__ = ["LocalClient", "create_app", "run"]
+__all__ = ["LocalClient", "create_app", "make_client", "run"]
 
 LOOPBACK = "127.0.0.1"
+
+
+def make_client(spec: str, cache: str | None = None) -> Any:
+    """``core.chat.make_client`` with ``local:SPEC`` served by ``LocalClient`` (the CLI's ``--llm``)."""
+    from lmlab.core.chat import make_client as make
+
+    return make(spec, cache, local=LocalClient)
 
 
 def create_app(client: LocalClient, api_key: str | None = None) -> Any:
