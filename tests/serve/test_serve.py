@@ -10,14 +10,12 @@ import contextlib
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import openai
 import pytest
 import torch
-import uvicorn
 
 from lmlab.cli.main import main
 from lmlab.core.chat import ChatClient, ChatParams
@@ -27,7 +25,7 @@ from lmlab.core.tokenizer import ByteTokenizer
 from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.decoding.reference import Greedy
 from lmlab.recipes.generate import generate_text
-from lmlab.serve import LocalClient, create_app
+from lmlab.serve import LocalClient, background, free_port
 
 KEY = "test-key"
 
@@ -45,35 +43,11 @@ def write_run(folder, seed: int = 0, layers: int = 2) -> str:
     return str(folder)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(client: LocalClient, api_key: str | None = KEY) -> Iterator[int]:
-    """The app on a background uvicorn server; yields its port once /health answers, stops it afterwards."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(client, api_key), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    """The app on a background uvicorn server (``lmlab.serve.background``) with the test API key."""
+    with background(client, api_key) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:

@@ -10,12 +10,13 @@ uvicorn. FastAPI and uvicorn are imported only when the server is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .local import LocalClient
 
-__all__ = ["LocalClient", "create_app", "make_client", "run"]
+__all__ = ["LocalClient", "background", "create_app", "make_client", "run"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,3 +51,45 @@ def run(model: str, *, decoder: str = "greedy", draft: str | None = None, overri
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the OS says is free on ``host`` now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def background(client: LocalClient, api_key: str | None = None, host: str = LOOPBACK,
+               timeout: float = 20.0) -> Iterator[int]:
+    """``client`` served on a background uvicorn thread at a free port of ``host``; yields the port once
+    ``/health`` answers and stops the server on exit (tests, benchmarks, in-process pipelines)."""
+    import http.client
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port(host)
+    server = uvicorn.Server(uvicorn.Config(create_app(client, api_key), host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = http.client.HTTPConnection(host, port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or not thread.is_alive():
+                    raise RuntimeError(f"lmlab serve did not come up on {host}:{port} within {timeout} s") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
