@@ -138,3 +138,33 @@ def test_bad_input_names_the_line(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "a"}\n{"text": "no id"}\n')
     with pytest.raises(ValueError, match=r"in.jsonl:2: expected a JSON object with an 'id' field"):
         run(PIPE, tmp_path / "in.jsonl", tmp_path / "out.jsonl", Echo())
+
+
+def test_lmlab_pipeline_verb_runs_a_registered_pipeline(tmp_path, capsys, monkeypatch):
+    """The verb end to end on a pipeline registered for the test (the registry is a plain table), with the
+    response cache recording every answer and a replay run asking nothing."""
+    import lmlab.pipelines as fam
+    from lmlab.cli.main import main
+    from lmlab.core.registry import Entry
+
+    monkeypatch.setitem(fam.REGISTRY._entries, "shout", Entry(f"{__name__}:make_shout", paper="test",
+                                                              summary="upper-cases a text"))
+    write_input(tmp_path / "in.jsonl", 4)
+    cache = tmp_path / "cache.sqlite"
+    monkeypatch.setenv("LMLAB_LLM_MODEL", "echo")
+    assert main(["pipeline", "shout", "--in", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "a.jsonl"),
+                 "--llm", "local:unused", "--cache", str(cache)]) == 2  # local: needs a real model spec
+    assert "neither an lmlab folder" in capsys.readouterr().err
+    monkeypatch.setattr("lmlab.serve.LocalClient", lambda spec: Echo())
+    assert main(["pipeline", "shout", "--in", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "a.jsonl"),
+                 "--llm", "local:echo", "--cache", str(cache)]) == 0
+    assert "3 written, 1 failed" in capsys.readouterr().out
+    assert main(["pipeline", "shout", "--in", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "b.jsonl"),
+                 "--llm", f"replay:{cache}"]) == 0
+    out = capsys.readouterr().out
+    assert "4 requests (4 cached)" in out
+    assert [r["loud"] for r in lines(tmp_path / "b.jsonl")] == [r["loud"] for r in lines(tmp_path / "a.jsonl")]
+
+
+def make_shout() -> Pipeline:
+    return PIPE

@@ -18,6 +18,7 @@ VERBS = {  # verb: (module, one-line help)
     "train": ("lmlab.cli.train", "run a training recipe: lm | task | acdit (TOML config + --set overrides)"),
     "generate": ("lmlab.cli.generate", "generate text from any model lmlab.load reads, plainly or speculatively"),
     "serve": ("lmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API (chat and text completions)"),
+    "pipeline": ("lmlab.cli.pipeline", "run an LLM data pipeline over a JSONL file (resumable, errors file, ledger)"),
     "sample": ("lmlab.cli.sample", "sample an image grid from an ACDiT run"),
     "eval": ("lmlab.cli.eval", "accuracy per task of a model trained with `lmlab train task`"),
     "compress": ("lmlab.cli.compress", "quantize a model (rtn | hadamard | flatquant) and save it"),
