@@ -54,6 +54,9 @@ REDUCE: dict[tuple[str, ...], list[str]] = {
     # run is the same harness path (config, run.py, gates, result file, table) at reduced size
     ("repro",): ["--smoke"],
     ("bench",): ["--quick"],  # the benchmark's short plumbing run, which writes no result file
+    # a server listens until stopped: --check loads the model, builds decoder and app, answers one request in
+    # process and exits (tests/serve starts real servers on free ports)
+    ("serve",): ["--check"],
 }
 
 

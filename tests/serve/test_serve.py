@@ -317,3 +317,10 @@ def test_lmlabs_own_clients_against_the_real_server(run_dir, tmp_path, monkeypat
     in_process = make_client(f"local:{run_dir}")
     assert isinstance(in_process, LocalClient)
     assert in_process.chat(HELLO, max_tokens=8).text == local.chat(HELLO, max_tokens=8).text
+
+
+def test_cli_serve_check_answers_once_and_exits(run_dir, capsys):
+    assert main(["serve", "--model", run_dir, "--check"]) == 0
+    assert capsys.readouterr().out.strip() == f"checked {run_dir} at http://127.0.0.1:8000/v1"
+    assert main(["serve", "--model", run_dir, "--decoder", "gsd", "--check"]) == 2  # gsd needs a draft
+    assert "draft" in capsys.readouterr().err

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="environment variable holding the API key clients must send as a Bearer token")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default $LMLAB_THREADS or 1)")
+    p.add_argument("--check", action="store_true",
+                   help="load the model, build the decoder and the app, answer one request in process, then exit "
+                        "without listening (checks a deployment's settings)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is unset or empty")
     set_threads(args.threads)
     serve(args.model, decoder=args.decoder, draft=args.draft, overrides=args.overrides, host=args.host,
-          port=args.port, api_key=api_key, on_ready=lambda url: print(f"serving {args.model} at {url}", flush=True))
+          port=args.port, api_key=api_key, check=args.check,
+          on_ready=lambda url: print(f"{'checked' if args.check else 'serving'} {args.model} at {url}", flush=True))
     return 0

@@ -37,10 +37,11 @@ def create_app(client: LocalClient, api_key: str | None = None) -> Any:
 
 def run(model: str, *, decoder: str = "greedy", draft: str | None = None, overrides: Sequence[str] = (),
         host: str = LOOPBACK, port: int = 8000, api_key: str | None = None,
-        on_ready: Callable[[str], None] | None = None) -> None:
+        on_ready: Callable[[str], None] | None = None, check: bool = False) -> None:
     """Serve ``model`` (any ``lmlab.load`` spec) at http://host:port/v1 until interrupted.
 
-    ``on_ready(url)`` is called once the model is loaded, just before the server starts listening.
+    ``on_ready(url)`` is called once the model is loaded, just before the server starts listening. ``check``:
+    answer one short chat request in process through the built app's client, then return without listening.
     """
     import uvicorn
 
@@ -48,9 +49,12 @@ def run(model: str, *, decoder: str = "greedy", draft: str | None = None, overri
         raise ValueError(f"port must be in 1..65535, got {port}")
     client = LocalClient(model, decoder=decoder, draft=draft, decoder_overrides=overrides)
     app = create_app(client, api_key)
+    if check:
+        client.chat([{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0)
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if not check:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def free_port(host: str = LOOPBACK) -> int:
