@@ -9,7 +9,7 @@ import pytest
 
 from lmlab.harness import bench_names, load_bench, repo_root
 
-NEEDS_SMOLLM2 = {"smollm2_ppl"}
+NEEDS_SMOLLM2 = {"smollm2_ppl", "serve_gsd"}
 
 
 @pytest.mark.parametrize("name", bench_names(repo_root()))

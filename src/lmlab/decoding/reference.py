@@ -27,8 +27,13 @@ Config = SamplingParams  # the distribution ``Sample`` draws from (temperature, 
 
 @torch.no_grad()
 def autoregressive(model: Any, prompt: list[int] | torch.Tensor, max_new_tokens: int, sampling: Sampling,
-                   seed: int | None = None, eos_id: int | None = None) -> Generation:
-    """Token-by-token decoding of ``model`` (greedy unless ``sampling.sample``)."""
+                   seed: int | None = None, eos_id: int | None = None, constraint: Any = None) -> Generation:
+    """Token-by-token decoding of ``model`` (greedy unless ``sampling.sample``).
+
+    ``constraint`` (e.g. ``decoding.constrained.JsonSchema``): ``mask(logits)`` sets the logits of tokens that
+    would break the format to -inf before each choice, ``accept(token)`` advances it, and decoding stops once
+    ``done``; the distribution is the model's, renormalised over the allowed tokens.
+    """
     t0 = time.perf_counter()
     prompt = check_request(model, prompt, max_new_tokens)
     gen = make_generator(seed)
@@ -38,13 +43,17 @@ def autoregressive(model: Any, prompt: list[int] | torch.Tensor, max_new_tokens:
     logits = model(torch.tensor([prompt], device=device), cache=cache)[0, -1]  # (V,)
     out: list[int] = []
     while True:
+        if constraint is not None:
+            logits = constraint.mask(logits)
         if sampling.sample:
             nxt = int(sample(probs(logits, sampling.temperature, sampling.top_k, sampling.top_p), gen))
         else:
             nxt = int(logits.argmax())
         out.append(nxt)
         stats.rounds += 1
-        if len(out) == max_new_tokens or nxt == eos_id:
+        if constraint is not None:
+            constraint.accept(nxt)
+        if len(out) == max_new_tokens or nxt == eos_id or (constraint is not None and constraint.done):
             break
         logits = model(torch.tensor([[nxt]], device=device), cache=cache)[0, -1]
         stats.target_calls += 1

@@ -92,7 +92,7 @@ def token_logprobs(model: Any, tok: Any, prompt: list[int], ids: list[int], k: i
 class LocalClient:
     """An lmlab model (or a Hugging Face one through ``lmlab.load``) in process, as a ``ChatClient``."""
 
-    capabilities = frozenset({"n", "logprobs", "seed"})
+    capabilities = frozenset({"n", "logprobs", "seed", "json_schema"})
 
     def __init__(self, model: str | tuple[Any, Any], decoder: str = "greedy", draft: str | None = None,
                  decoder_overrides: Sequence[str] = (), name: str | None = None):
@@ -129,10 +129,17 @@ class LocalClient:
         return max(1, min(DEFAULT_MAX_TOKENS, self.context - len(self.tok.encode(prompt))))
 
     def _decoder(self, params: ChatParams) -> Any:
-        """The decoder for one request: greedy at temperature 0, else sampling with (temperature, top_p)."""
+        """The decoder for one request: greedy at temperature 0, else sampling with (temperature, top_p); a
+        response_format with a JSON schema decodes autoregressively under it (``decoding.constrained``)."""
         sample = params.temperature > 0
         temperature = params.temperature if sample else None
         top_p = params.top_p if sample and params.top_p < 1 else None
+        if params.response_format is not None and params.response_format.get("type", "text") != "text":
+            from lmlab.decoding.base import Sampling
+            from lmlab.decoding.constrained import SchemaDecoder, schema_of
+
+            sampling = Sampling(sample=sample, temperature=temperature or 1.0, top_p=top_p)
+            return SchemaDecoder(schema_of(params.response_format), self.tok, sampling)
         if self.speculative:
             cfg = decoder_config(self.decoder, sample, temperature, None, top_p, self.overrides)
             return build(self.decoder, cfg, draft=self.draft)
@@ -143,10 +150,11 @@ class LocalClient:
     def _one(self, dec: Any, prompt: list[int], params: ChatParams, seed: int | None) -> Generated:
         eos = self.tok.eos_id
         ids = list(dec.generate(self.target, prompt, params.max_tokens, seed=seed, eos_id=eos).tokens)
-        reason = "stop" if eos is not None and eos in ids else "length"
+        # ended before max_tokens without an eos: a JSON-schema constraint completed its document
+        reason = "stop" if (eos is not None and eos in ids) or len(ids) < params.max_tokens else "length"
         if eos is not None and eos in ids:
             ids = ids[: ids.index(eos) + 1]
-        body = ids[:-1] if reason == "stop" else ids  # the text leaves out the end-of-text token
+        body = ids[:-1] if eos is not None and ids and ids[-1] == eos else ids  # the text leaves out the eos
         cut = cut_at_stop(body, self.tok, params.stop) if params.stop else None
         if cut is not None:
             return Generated(cut[0], cut[1], "stop")
@@ -154,9 +162,8 @@ class LocalClient:
 
     def complete(self, prompt: str, params: ChatParams) -> ChatResult:
         """n completions of the raw text ``prompt`` (no chat template): the text-completions path."""
-        if params.response_format is not None or params.tools:
-            raise ValueError("LocalClient supports neither response_format nor tools yet (capabilities: "
-                             f"{sorted(self.capabilities)})")
+        if params.tools:
+            raise ValueError(f"LocalClient does not support tools yet (capabilities: {sorted(self.capabilities)})")
         ids = self.tok.encode(prompt)
         if not ids:
             raise ValueError("the prompt encodes to no tokens; give some text")

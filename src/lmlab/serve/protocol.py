@@ -77,10 +77,12 @@ class ChatRequest(Sampling):
 
     def check_supported(self) -> None:
         kind = (self.response_format or {}).get("type", "text")
-        if kind == "json_schema":
-            raise Unsupported("json_schema response_format is not supported yet by lmlab serve", "response_format")
-        if kind != "text":
-            raise Unsupported(f"response_format type {kind!r} is not supported yet by lmlab serve; only 'text'",
+        if kind not in ("text", "json_object", "json_schema"):
+            raise Unsupported(f"response_format type {kind!r} is not one of 'text', 'json_object', 'json_schema'",
+                              "response_format")
+        if kind == "json_schema" and not isinstance((self.response_format.get("json_schema") or {}).get("schema"),
+                                                    dict):
+            raise Unsupported("response_format json_schema needs json_schema.schema, a JSON schema object",
                               "response_format")
         if self.tools:
             raise Unsupported("tools are not supported yet by lmlab serve", "tools")
@@ -108,8 +110,10 @@ class CompletionRequest(Sampling):
 
 
 def params_of(req: Sampling, max_tokens: int | None, logprobs: int) -> ChatParams:
+    fmt = getattr(req, "response_format", None)
     return ChatParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
-                      stop=req.stops(), seed=req.seed, logprobs=logprobs)
+                      stop=req.stops(), seed=req.seed, logprobs=logprobs,
+                      response_format=fmt if fmt and fmt.get("type", "text") != "text" else None)
 
 
 def new_id(prefix: str) -> str:
