@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[hf,plot,dev,llm]" \
-	  || $(PY) -m pip install -q --disable-pip-version-check -e ".[hf,plot,dev,llm]"
+	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[hf,plot,dev,llm,eval]" \
+	  || $(PY) -m pip install -q --disable-pip-version-check -e ".[hf,plot,dev,llm,eval]"
 	touch $(STAMP)
 
 install: $(STAMP)

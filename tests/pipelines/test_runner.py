@@ -147,7 +147,7 @@ def test_lmlab_pipeline_verb_runs_a_registered_pipeline(tmp_path, capsys, monkey
     from lmlab.cli.main import main
     from lmlab.core.registry import Entry
 
-    monkeypatch.setitem(fam.REGISTRY._entries, "shout", Entry(f"{__name__}:make_shout", paper="test",
+    monkeypatch.setitem(fam.REGISTRY._entries, "shout", Entry(f"{__name__}:Shout", paper="test",
                                                               summary="upper-cases a text"))
     write_input(tmp_path / "in.jsonl", 4)
     cache = tmp_path / "cache.sqlite"
@@ -166,5 +166,8 @@ def test_lmlab_pipeline_verb_runs_a_registered_pipeline(tmp_path, capsys, monkey
     assert [r["loud"] for r in lines(tmp_path / "b.jsonl")] == [r["loud"] for r in lines(tmp_path / "a.jsonl")]
 
 
-def make_shout() -> Pipeline:
-    return PIPE
+class Shout:
+    """A registered method's shape: built from its config (none here), ``pipeline()`` gives what the runner runs."""
+
+    def pipeline(self) -> Pipeline:
+        return PIPE

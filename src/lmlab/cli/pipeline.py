@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from lmlab.pipelines.runner import run as run_pipeline
     from lmlab.serve import make_client
 
-    pipeline = build(args.name, overrides=args.overrides)
+    pipeline = build(args.name, overrides=args.overrides).pipeline()
     summary = run_pipeline(pipeline, args.inp, args.out, make_client(args.llm, args.cache),
                            concurrency=args.concurrency, id_key=args.id_key)
     led = summary.ledger

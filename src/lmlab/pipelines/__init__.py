@@ -1,20 +1,24 @@
 """Pipelines family: LLM data pipelines against a `ChatClient`, JSONL in and out, resumable by record id.
 
 One registry line per method; targets are lazy "module:attr" strings, so importing this module imports no torch.
-A line's target is ``make(cfg) -> base.Pipeline``; ``build(name, overrides=[...])`` is the one way to get a
-pipeline from its registry line (what ``lmlab pipeline NAME`` runs with ``runner.run``).
+A line's target is the method's class, built from its ``Config``; its ``pipeline()`` gives the ``base.Pipeline``
+that ``runner.run`` runs. ``build(name, overrides=[...])`` is the one way to get the method object from its
+registry line (``lmlab pipeline NAME`` runs ``build(NAME).pipeline()``).
 """
 
 from typing import Any
 
-from lmlab.core.registry import Entry, Registry  # noqa: F401  (Entry: for the lines to come)
+from lmlab.core.registry import Entry, Registry
 
 REGISTRY = Registry("pipelines", {
+    "reviseval": Entry("lmlab.pipelines.reviseval:RevisEval", paper="arXiv:2410.05193",
+                       summary="revise each response into a response-adapted reference, then judge or score against it",
+                       config="lmlab.pipelines.reviseval:Config"),
 })
 
 
 def build(name: str, cfg: Any = None, overrides: list[str] | None = None) -> Any:
-    """The pipeline ``name`` with config ``cfg`` (default: its Config()) plus ``key=value`` overrides."""
+    """The method object ``name`` with config ``cfg`` (default: its Config()) plus ``key=value`` overrides."""
     from lmlab.core.config import apply_overrides
 
     make, cfg_cls = REGISTRY.get(name), REGISTRY.config(name)
