@@ -4,9 +4,11 @@ against the response-adapted reference versus a fixed paraphrase ("human") refer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import tempfile
+from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,22 @@ def run_pipeline(rev: RevisEval, records: list[dict], llm: ScriptedReviser, tmp:
     return [out[r["id"]] for r in records if r["id"] in out], summary
 
 
-def pointwise(items: list[dict], llm: ScriptedReviser, tmp: Path, metrics: list[str]) -> tuple[dict, Any]:
-    rev = RevisEval(Config(form="pointwise", judge=False, metrics=metrics))
+@contextlib.contextmanager
+def reviser(cfg: dict, known: Any) -> Iterator[Any]:
+    """The reviser: the scripted oracle, or a model (``reviser`` = any ``lmlab.load`` spec, e.g. smollm2-135m)
+    served by ``lmlab serve`` on loopback and reached through ``core.chat.OpenAIClient``."""
+    if cfg["reviser"] == "scripted":
+        yield ScriptedReviser(known, p_fix=cfg["p_fix"], seed=cfg["seed"])
+        return
+    from lmlab.core.chat import OpenAIClient
+    from lmlab.serve import LocalClient, background
+
+    with background(LocalClient(cfg["reviser"])) as port:
+        yield OpenAIClient(f"http://127.0.0.1:{port}/v1", cfg["reviser"], timeout=600)
+
+
+def pointwise(items: list[dict], llm: Any, tmp: Path, metrics: list[str], max_tokens: int) -> tuple[dict, Any]:
+    rev = RevisEval(Config(form="pointwise", judge=False, metrics=metrics, reviser_max_tokens=max_tokens))
     out, summary = run_pipeline(rev, items, llm, tmp, "pointwise")
     adapted = rev.score(out)
     human = rev.score([r | {"reference": r["human_reference"]} for r in out])
@@ -109,16 +125,15 @@ def pairwise(pairs: list[dict], llm: ScriptedReviser, tmp: Path, metrics: list[s
 def run(cfg: dict, smoke: bool) -> dict:
     metrics = list(cfg["metrics"])
     items, known = build_items(cfg)
-    llm = ScriptedReviser(known, p_fix=cfg["p_fix"], seed=cfg["seed"])
     pairs = build_pairs(items, cfg["seed"])
-    res: dict[str, Any] = {"sources": cfg["sources"], "p_fix": cfg["p_fix"]}
+    res: dict[str, Any] = {"sources": cfg["sources"], "p_fix": cfg["p_fix"], "reviser": cfg["reviser"]}
     failed = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        part, summary = pointwise(items, llm, Path(tmp), metrics)
+    with tempfile.TemporaryDirectory() as tmp, reviser(cfg, known) as llm:
+        part, summary = pointwise(items, llm, Path(tmp), metrics, cfg["reviser_max_tokens"])
         res |= part
         res["ledger_pointwise"] = cost_ledger(summary)
         failed += summary.failed
-        for both in (False, True):
+        for both in (False, True) if cfg["pairwise"] else ():
             part, summary = pairwise(pairs, llm, Path(tmp), metrics, both)
             res |= part
             res[f"ledger_pairwise_{'both' if both else 'one'}"] = cost_ledger(summary)
