@@ -67,17 +67,13 @@ def lmlab_tokenizer(folder: Path) -> Any:
     from lmlab.core.tokenizer import HFTokenizer, load_tokenizer
 
     for d in (folder, folder.parent):
-        f = d / "tokenizer.json"
-        if f.is_file():
-            try:
-                head = json.loads(f.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{f} is not a valid tokenizer file ({e})") from None
-            if (d / "tokenizer_config.json").is_file() and "model" in head:  # written by transformers
-                from transformers import AutoTokenizer
+        if not (d / "tokenizer.json").is_file():
+            continue
+        if (d / "tokenizer_config.json").is_file():  # written by transformers' save_pretrained, never by lmlab
+            from transformers import AutoTokenizer
 
-                return HFTokenizer(AutoTokenizer.from_pretrained(d, local_files_only=True))
-            return load_tokenizer(d)
+            return HFTokenizer(AutoTokenizer.from_pretrained(d, local_files_only=True))
+        return load_tokenizer(d)  # a bad file is a TokenizerFileError naming it
     return None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-GREEDY_OR_SAMPLING = ("greedy", "sample", "chain_sd", "tree_sd", "gsd")
+from lmlab.decoding import token_decoders
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
-    p.add_argument("--decoder", choices=GREEDY_OR_SAMPLING, default="greedy", help="decoding registry name")
+    p.add_argument("--decoder", choices=token_decoders(), default="greedy", help="decoding registry name")
     p.add_argument("--draft", default=None, help="draft model (same tokenizer) or skip:0,2,4 (chain_sd/tree_sd/gsd)")
     p.add_argument("--sample", action="store_true", help="speculative decoders: sample instead of greedy")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (> 0) [default: 1.0]")

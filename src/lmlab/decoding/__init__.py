@@ -33,6 +33,11 @@ REGISTRY = Registry("decoding", {
 })
 
 
+def token_decoders() -> list[str]:
+    """Registry names of the decoders that continue a token prompt (all but the masked-row decoders)."""
+    return [name for name, e in REGISTRY.items() if "bidirectional" not in e.caps]
+
+
 def build(name: str, cfg: Any = None, *, draft: Any = None, overrides: list[str] | None = None) -> Any:
     """The decoder ``name`` with config ``cfg`` (default: its Config()) plus ``key=value`` overrides.
 
