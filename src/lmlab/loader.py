@@ -12,6 +12,7 @@ An lmlab folder says what it holds in ``meta.json["kind"]``; ``KINDS`` maps each
     lmlab-transformer   core Transformer weights + its TransformerConfig ("config")
     lmlab-acdit         ACDiT weights + the job that trained it ("job")
     lmlab-quantized     a compressed model (``compression.saving``)
+    lmlab-adapter       adapter weights (``adapters.tuner``) applied onto the model ``meta["base"]`` names
     lmlab-trainer       a training checkpoint (resume state): refused, pointing at the run's ``model/`` folder
 
 Checkpoints written before ``kind`` existed still load: a "config" table alone is a Transformer, ``"format": 1``
@@ -35,7 +36,9 @@ KINDS = {
     "lmlab-transformer": "lmlab.core.transformer:from_checkpoint",
     "lmlab-acdit": "lmlab.models.acdit.model:from_checkpoint",
     "lmlab-quantized": "lmlab.compression.saving:from_checkpoint",
+    "lmlab-adapter": "lmlab.adapters.tuner:from_checkpoint",
 }
+ON_BASE = ("lmlab-adapter",)  # kinds applied onto the model meta["base"] names (loaded first, with its tokenizer)
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -89,8 +92,16 @@ def load(spec: str | Path, *, device: str | torch.device | None = None,
     if folder is not None:
         meta = read_meta(folder)
         kind = kind_of(meta, folder)
-        model = load_target(KINDS[kind])(folder, meta)
-        tok = lmlab_tokenizer(folder)
+        if kind in ON_BASE:
+            if not meta.get("base"):
+                raise CheckpointError(f"{folder} holds an adapter saved without its base model; load the base and "
+                                      "apply it with lmlab.adapters.load(folder, base)")
+            base, tok, _ = load(meta["base"])
+            model = load_target(KINDS[kind])(folder, meta, base)
+            tok = lmlab_tokenizer(folder) or tok
+        else:
+            model = load_target(KINDS[kind])(folder, meta)
+            tok = lmlab_tokenizer(folder)
         meta = {**meta, "kind": kind, "source": str(folder)}
         if (folder.parent / "task.json").is_file() and folder.name == "model":
             meta["task"] = json.loads((folder.parent / "task.json").read_text(encoding="utf-8"))

@@ -25,7 +25,8 @@ from .runtime import atomic_write
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
-KINDS = ("lmlab-transformer", "lmlab-acdit", "lmlab-quantized", "lmlab-trainer")  # loader.KINDS + resume state
+# loader.KINDS + resume state
+KINDS = ("lmlab-transformer", "lmlab-acdit", "lmlab-quantized", "lmlab-adapter", "lmlab-trainer")
 BESIDE = "beside_other_files"  # meta.json key: lmlab's files share this folder with files lmlab did not write
 
 

@@ -1,0 +1,250 @@
+"""Apply adapters to any model by module replacement, PEFT's shape (``get_peft_model`` / ``PeftModel``).
+
+    model = adapters.apply(base, adapters.malora(rank=12))     # lmlab Transformer or HFCausalLM; base frozen
+    trainer = Trainer(model, objective, ...)                    # adapter params only; balance loss via pop_aux
+    adapters.save(model, "out/adapter", base="smollm2-135m")    # adapter.safetensors + meta.json
+    model = adapters.load("out/adapter", base)                  # or lmlab.load("out/adapter")
+
+Every ``nn.Linear`` whose name matches ``target_modules`` becomes an ``AdapterLinear`` holding the frozen
+original and a dict of named adapters (several may be loaded; one is active, or none = the base model, which
+``lmlab serve --adapter`` uses to serve many adapters on one base). ``merge`` folds an unrouted adapter into the
+base weight; ``unmerge`` takes it out again. ``AdaptedModel`` wraps the base model and forwards the LM protocol
+(and any other attribute) to it, so decoders, the Trainer and ``lmlab serve`` take it like the base model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.core import checkpoint as ckpt
+from lmlab.core.config import from_dict, to_dict
+
+from .layers import Config, LowRankMixture
+
+KIND = "lmlab-adapter"
+STEM = "adapter"  # adapter.safetensors
+
+
+class AdapterLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus named low-rank adapters; ``active`` picks the one that runs (None: none)."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.adapters = nn.ModuleDict()
+        self.active: str | None = None
+        self.merged: str | None = None  # name of the adapter folded into base.weight
+
+    @property
+    def weight(self) -> torch.Tensor:  # code that reads layer.weight (tied heads, dtype probes) sees the base
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.active is not None and self.merged != self.active:
+            y = y + self.adapters[self.active](x).to(y.dtype)
+        return y
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        if self.merged == name:
+            return
+        if self.merged is not None:
+            raise ValueError(f"adapter {self.merged!r} is merged; unmerge it before merging {name!r}")
+        self.base.weight += self.adapters[name].delta_weight().to(self.base.weight.dtype)
+        self.merged = name
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged is not None:
+            self.base.weight -= self.adapters[self.merged].delta_weight().to(self.base.weight.dtype)
+            self.merged = None
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    if len(patterns) == 1 and any(c in patterns[0] for c in "*^$[]()|\\+?"):
+        return re.fullmatch(patterns[0], name) is not None  # a regex over the full module name
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def find_targets(model: nn.Module, cfg: Config) -> list[str]:
+    """Names of the ``nn.Linear`` modules ``cfg.target_modules`` selects; an error lists the candidates."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, AdapterLinear))]
+    found = [n for n in linears if _matches(n, cfg.target_modules)]
+    if not found:
+        leaves = sorted({n.split(".")[-1] for n in linears})
+        raise ValueError(f"target_modules {cfg.target_modules} match no linear module of {type(model).__name__}; "
+                         f"its linear modules end in: {', '.join(leaves)} (e.g. {linears[:3]})")
+    return found
+
+
+class AdaptedModel(nn.Module):
+    """A base model with adapters in its linear layers; the LM protocol and other attributes pass through."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.configs: dict[str, Config] = {}
+        self.active: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base(*args, **kwargs)
+
+    def adapter_layers(self) -> Iterator[tuple[str, AdapterLinear]]:
+        """(name relative to the base model, layer) for every adapted linear."""
+        for n, m in self.base.named_modules():
+            if isinstance(m, AdapterLinear):
+                yield n, m
+
+    # ------------------------------------------------------------ adapters
+
+    def add(self, name: str, cfg: Config) -> None:
+        """Add adapter ``name`` to every target of ``cfg`` (replacing those Linears once) and make it active."""
+        if name in self.configs:
+            raise ValueError(f"adapter {name!r} is already loaded; loaded: {sorted(self.configs)}")
+        for i, target in enumerate(find_targets(self.base, cfg)):
+            parent_name, _, leaf = target.rpartition(".")
+            parent = self.base.get_submodule(parent_name) if parent_name else self.base
+            layer = getattr(parent, leaf)
+            if isinstance(layer, nn.Linear):
+                layer = AdapterLinear(layer)
+                setattr(parent, leaf, layer)
+            w = layer.base.weight
+            mix = LowRankMixture(cfg, w.shape[1], w.shape[0], seed=cfg.seed * 100_003 + i)
+            layer.adapters[name] = mix.to(device=w.device, dtype=w.dtype)
+        self.configs[name] = cfg
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.set_active(name)
+
+    def set_active(self, name: str | None) -> None:
+        """Run adapter ``name`` (None: the base model alone); only its parameters are trainable."""
+        if name is not None and name not in self.configs:
+            raise KeyError(f"no adapter {name!r}; loaded: {sorted(self.configs)}")
+        for _, layer in self.adapter_layers():
+            layer.active = name if name in layer.adapters else None
+            for n, mix in layer.adapters.items():
+                mix.requires_grad_(n == name)
+        self.active = name
+
+    @contextmanager
+    def using(self, name: str | None) -> Iterator[AdaptedModel]:
+        """Temporarily run adapter ``name`` (None: the base model)."""
+        before = self.active
+        self.set_active(name)
+        try:
+            yield self
+        finally:
+            self.set_active(before)
+
+    def merge(self, name: str | None = None) -> None:
+        """Fold adapter ``name`` (default: the active one) into the base weights; routed adapters refuse."""
+        name = name or self.active
+        cfg = self._config(name)
+        if cfg.routed:
+            raise ValueError(f"cannot merge adapter {name!r}: {cfg.method} with {cfg.n_experts} experts routes each "
+                             "token to its own mix of experts, so no single weight equals it")
+        for _, layer in self.adapter_layers():
+            if name in layer.adapters:
+                layer.merge(name)
+
+    def unmerge(self) -> None:
+        """Take a merged adapter out of the base weights again."""
+        for _, layer in self.adapter_layers():
+            layer.unmerge()
+
+    def pop_aux(self) -> dict[str, torch.Tensor]:
+        """The base model's aux losses plus the active adapter's load-balance loss (mean over its layers)."""
+        pop = getattr(self.base, "pop_aux", None)
+        out = dict(pop()) if pop is not None else {}
+        losses = [a for _, layer in self.adapter_layers() for mix in layer.adapters.values()
+                  if (a := mix.pop_aux()) is not None]
+        if losses and self.active is not None:
+            out["adapter_balance"] = self.configs[self.active].aux_coef * torch.stack(losses).mean()
+        return out
+
+    # ------------------------------------------------------------ state
+
+    def _config(self, name: str | None) -> Config:
+        if name is None or name not in self.configs:
+            raise KeyError(f"no adapter {name!r}; loaded: {sorted(self.configs)}")
+        return self.configs[name]
+
+    def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
+        """``{"<module>.<param>": tensor}`` of adapter ``name`` (default: active), names relative to the base."""
+        name = name or self.active
+        self._config(name)
+        return {f"{n}.{k}": v.detach() for n, layer in self.adapter_layers() if name in layer.adapters
+                for k, v in layer.adapters[name].state_dict().items()}
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor], where: str = "adapter") -> None:
+        """Load a state written by ``adapter_state_dict``; a missing module or another shape is an error."""
+        own = self.adapter_state_dict(name)
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ckpt.CheckpointError(f"{where} does not fit this model: missing {missing[:4]}, "
+                                       f"unexpected {unexpected[:4]} (saved for another architecture?)")
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                module = k.rpartition(".")[0]
+                raise ckpt.CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, but module {module} of this "
+                                           f"model needs {tuple(own[k].shape)}")
+        with torch.no_grad():
+            for n, layer in self.adapter_layers():
+                if name in layer.adapters:
+                    prefix = n + "."
+                    layer.adapters[name].load_state_dict(
+                        {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def counts(self, name: str | None = None) -> dict[str, int]:
+        """Trainable parameters of adapter ``name`` and the total of base + that adapter."""
+        trainable = sum(v.numel() for v in self.adapter_state_dict(name).values())
+        base = sum(p.numel() for n, p in self.base.named_parameters() if ".adapters." not in n)
+        return {"trainable": trainable, "total": base + trainable}
+
+
+def apply(model: nn.Module, cfg: Config, name: str = "default") -> AdaptedModel:
+    """Freeze ``model`` and add adapter ``name``; an ``AdaptedModel`` gets one more adapter (multi-adapter)."""
+    adapted = model if isinstance(model, AdaptedModel) else AdaptedModel(model)
+    adapted.add(name, cfg)
+    return adapted
+
+
+def save(model: AdaptedModel, path: str | Path, name: str | None = None, *, base: str | None = None,
+         overwrite: bool = False, **meta: Any) -> Path:
+    """Write adapter ``name`` as ``adapter.safetensors`` + meta.json (kind lmlab-adapter, its config, ``base``:
+    the model spec ``lmlab.load`` reads to rebuild the base, if known)."""
+    name = name or model.active
+    cfg = model._config(name)
+    targets = [n for n, layer in model.adapter_layers() if name in layer.adapters]
+    info = {"kind": KIND, "config": to_dict(cfg), "base": base, "targets": targets, "counts": model.counts(name),
+            **meta}
+    return ckpt.save(path, {STEM: model.adapter_state_dict(name)}, info, overwrite=overwrite)
+
+
+def load(path: str | Path, model: nn.Module, name: str = "default") -> AdaptedModel:
+    """Add the adapter saved in ``path`` to ``model`` (a base model or an ``AdaptedModel``) as ``name``."""
+    meta = ckpt.read_meta(path)
+    if meta.get("kind") != KIND:
+        raise ckpt.CheckpointError(f"{path} holds kind {meta.get('kind')!r}, not an adapter ({KIND})")
+    adapted = apply(model, from_dict(Config, meta["config"]), name)
+    adapted.load_adapter_state(name, ckpt.load_tensors(path, STEM), str(path))
+    return adapted
+
+
+def from_checkpoint(folder: Path, meta: dict[str, Any], base: nn.Module) -> AdaptedModel:
+    """``lmlab.load`` reader of kind lmlab-adapter: the adapter in ``folder`` on the already loaded ``base``."""
+    return load(folder, base)
