@@ -88,6 +88,8 @@ def find_targets(model: nn.Module, cfg: Config) -> list[str]:
 class AdaptedModel(nn.Module):
     """A base model with adapters in its linear layers; the LM protocol and other attributes pass through."""
 
+    checkpoint_kind = None  # not the base's kind: save the adapter (``save``) or the merged, unloaded base model
+
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
