@@ -134,6 +134,8 @@ def test_peft_lora_loads_onto_hf_and_onto_an_lmlab_transformer(tmp_path, ids, rs
         torch.testing.assert_close(on_hf(ids), want, rtol=0, atol=1e-10)
         on_lmlab = load_peft(tmp_path / "ad", transformer_from_llama(copy.deepcopy(llama)).eval())
         torch.testing.assert_close(on_lmlab(ids), want, rtol=0, atol=1e-10)
+        on_raw = load_peft(tmp_path / "ad", copy.deepcopy(llama))  # a transformers model without the wrapper
+        torch.testing.assert_close(on_raw(input_ids=ids).logits, want, rtol=0, atol=1e-10)
 
 
 def test_peft_keys_with_the_adapter_name_load_too(tmp_path, ids):
@@ -208,6 +210,28 @@ def test_saving_into_a_foreign_folder_is_refused_and_leaves_it_alone(tmp_path):
     save_peft(model, tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json",
                                                                     "adapter_model.safetensors", "notes.txt"]
+
+
+def test_an_interrupted_save_leaves_no_adapter_that_loads(tmp_path, monkeypatch):
+    from lmlab.adapters import peft_io
+
+    model = adapters.apply(HFCausalLM(tiny_llama()), lora(rank=2))
+    save_peft(model, tmp_path / "old")
+    real = peft_io.atomic_write
+
+    def killed_before_the_config(path, data):
+        if path.name == "adapter_config.json":
+            raise KeyboardInterrupt
+        return real(path, data)
+
+    monkeypatch.setattr(peft_io, "atomic_write", killed_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        save_peft(model, tmp_path / "new")  # a new folder: written aside, never renamed into place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+    with pytest.raises(KeyboardInterrupt):
+        save_peft(model, tmp_path / "old")  # an existing adapter: its old config goes first
+    with pytest.raises(CheckpointError, match="no adapter_config.json"):
+        load_peft(tmp_path / "old", HFCausalLM(tiny_llama()))
 
 
 def test_a_pickle_only_folder_is_refused(tmp_path):
