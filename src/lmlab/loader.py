@@ -4,6 +4,9 @@
 
 - an lmlab folder: a run folder of ``lmlab train`` (holding ``model/``) or a model folder (``meta.json``);
 - a Hugging Face folder (``config.json``, ``save_pretrained`` layout);
+- a PEFT LoRA adapter folder (``adapter_config.json``, no ``meta.json``): its base model
+  (``base_model_name_or_path``: a local folder or a known pretrained name, loaded by ``load``) with the adapter
+  applied (``adapters.peft_io.load_peft``); a hub id that is not a local folder is refused (no downloads);
 - a ``.gguf`` file or a known pretrained name (``smollm2-135m``, ``gemma3-270m``; ``core.hf.PRETRAINED``).
 
 An lmlab folder says what it holds in ``meta.json["kind"]``; ``KINDS`` maps each kind to its reader (lazy
@@ -18,7 +21,8 @@ An lmlab folder says what it holds in ``meta.json["kind"]``; ``KINDS`` maps each
 Checkpoints written before ``kind`` existed still load: a "config" table alone is a Transformer, ``"format": 1``
 is a quantized model. The tokenizer is the one saved beside the model (``tokenizer.json`` of lmlab's
 tokenizers, or Hugging Face tokenizer files), or None. ``meta`` is the folder's meta.json (or, for Hugging Face
-models, ``{"kind": "hf", "source": ...}``) plus ``"source"``, the resolved path or name.
+models, ``{"kind": "hf", "source": ...}``; for PEFT folders, ``{"kind": "peft", "base": ..., "config": ...}``,
+``config`` being adapter_config.json) plus ``"source"``, the resolved path or name.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ KINDS = {
     "lmlab-quantized": "lmlab.compression.saving:from_checkpoint",
     "lmlab-adapter": "lmlab.adapters.tuner:from_checkpoint",
 }
+PEFT_LOADER = "lmlab.adapters.peft_io:load_peft"
+PEFT_CONFIG = "adapter_config.json"
 ON_BASE = ("lmlab-adapter",)  # kinds applied onto the model meta["base"] names (loaded first, with its tokenizer)
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -80,6 +86,28 @@ def lmlab_tokenizer(folder: Path) -> Any:
     return None
 
 
+def load_peft_folder(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, meta) of a PEFT LoRA folder: ``load(base_model_name_or_path)`` + ``load_peft``."""
+    from lmlab.core.hf import PRETRAINED
+
+    try:
+        config = json.loads((folder / PEFT_CONFIG).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{folder / PEFT_CONFIG} is not valid JSON ({e})") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        raise CheckpointError(f"{folder / PEFT_CONFIG} names no base_model_name_or_path; load the base and apply it "
+                              "with lmlab.adapters.peft_io.load_peft(folder, base)")
+    if base not in PRETRAINED and not Path(base).expanduser().exists():
+        raise CheckpointError(f"{folder / PEFT_CONFIG} names base model {base!r}, which is neither a local folder "
+                              f"nor a known pretrained name ({', '.join(PRETRAINED)}); lmlab downloads nothing: "
+                              "save the base model to a local folder and set base_model_name_or_path to it, or "
+                              "load it yourself and call lmlab.adapters.peft_io.load_peft(folder, base)")
+    model, tok, _ = load(base)
+    model = load_target(PEFT_LOADER)(folder, model)
+    return model, lmlab_tokenizer(folder) or tok, {"kind": "peft", "base": base, "config": config}
+
+
 def load(spec: str | Path, *, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer or None, meta) for any model lmlab writes or can read (module docstring).
@@ -105,6 +133,9 @@ def load(spec: str | Path, *, device: str | torch.device | None = None,
         meta = {**meta, "kind": kind, "source": str(folder)}
         if (folder.parent / "task.json").is_file() and folder.name == "model":
             meta["task"] = json.loads((folder.parent / "task.json").read_text(encoding="utf-8"))
+    elif (path / PEFT_CONFIG).is_file():
+        model, tok, meta = load_peft_folder(path)
+        meta["source"] = str(path)
     else:
         from lmlab.core.hf import PRETRAINED, load_pretrained
         from lmlab.core.tokenizer import HFTokenizer
@@ -112,8 +143,8 @@ def load(spec: str | Path, *, device: str | torch.device | None = None,
         known = key in PRETRAINED or (path.suffix == ".gguf" and path.is_file()) or (path / "config.json").is_file()
         if not known:
             raise ValueError(f"{key!r} is neither an lmlab folder (meta.json, or a run folder with model/), a "
-                             f"Hugging Face folder (config.json), a .gguf file, nor a known pretrained model "
-                             f"({', '.join(PRETRAINED)})")
+                             f"Hugging Face folder (config.json), a PEFT adapter folder ({PEFT_CONFIG}), a .gguf "
+                             f"file, nor a known pretrained model ({', '.join(PRETRAINED)})")
         model, hf_tok = load_pretrained(key)
         tok = HFTokenizer(hf_tok) if hf_tok is not None else None
         meta = {"kind": "hf", "source": key}
