@@ -240,3 +240,12 @@ def test_trainable_only_checkpoint_and_exact_resume(tmp_path, tiny_cfg):
     assert [r["loss"] for r in again] == [r["loss"] for r in hist[2:]]
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_regex_target_never_wraps_the_inside_of_an_adapted_layer(base):
+    model = adapters.apply(copy.deepcopy(base), lora(target_modules=[r".*q_proj.*"]), name="a")
+    adapters.apply(model, lora(target_modules=[r".*q_proj.*"]), name="b")
+    layers = dict(model.adapter_layers())
+    assert sorted(layers) == ["layers.0.attn.q_proj", "layers.1.attn.q_proj"]
+    assert all(isinstance(layer.base, torch.nn.Linear) and set(layer.adapters) == {"a", "b"}
+               for layer in layers.values())

@@ -43,7 +43,7 @@ from lmlab.core.checkpoint import CheckpointError, OutputFolderError
 from lmlab.core.runtime import atomic_write
 
 from .layers import Config, lora
-from .tuner import AdaptedModel, AdapterLinear, _matches, apply
+from .tuner import AdaptedModel, apply, linear_names, matches_target
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -57,20 +57,6 @@ UNSUPPORTED = ("fan_in_fan_out", "use_dora", "rank_pattern", "alpha_pattern", "m
 
 
 # ---------------------------------------------------------------- module names: model <-> Hugging Face path
-
-
-def linear_names(model: nn.Module) -> list[str]:
-    """Names of the linear layers an adapter can sit on (an ``AdapterLinear`` counts once, not its insides)."""
-    out, skip = [], ()
-    for n, m in model.named_modules():
-        if skip and n.startswith(skip):
-            continue
-        if isinstance(m, AdapterLinear):
-            out.append(n)
-            skip = (n + ".",)
-        elif isinstance(m, nn.Linear):
-            out.append(n)
-    return out
 
 
 def hf_paths(model: nn.Module) -> dict[str, str]:
@@ -93,7 +79,7 @@ def describe_targets(chosen: list[str], every: list[str]) -> list[str]:
     """target_modules for the ``chosen`` names among ``every`` linear name: their last parts (q_proj, ...) when
     those select exactly ``chosen``, else the full names."""
     leaves = sorted({n.rpartition(".")[2] for n in chosen})
-    return leaves if {n for n in every if _matches(n, leaves)} == set(chosen) else sorted(chosen)
+    return leaves if {n for n in every if matches_target(n, leaves)} == set(chosen) else sorted(chosen)
 
 
 def _base_of(model: nn.Module) -> nn.Module:

@@ -68,16 +68,30 @@ class AdapterLinear(nn.Module):
             self.merged = None
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def matches_target(name: str, patterns: list[str]) -> bool:
     if len(patterns) == 1 and any(c in patterns[0] for c in "*^$[]()|\\+?"):
         return re.fullmatch(patterns[0], name) is not None  # a regex over the full module name
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of the linear layers an adapter can sit on (an ``AdapterLinear`` counts once, not its insides)."""
+    out, skip = [], ()
+    for n, m in model.named_modules():
+        if skip and n.startswith(skip):
+            continue
+        if isinstance(m, AdapterLinear):
+            out.append(n)
+            skip = (n + ".",)
+        elif isinstance(m, nn.Linear):
+            out.append(n)
+    return out
+
+
 def find_targets(model: nn.Module, cfg: Config) -> list[str]:
     """Names of the ``nn.Linear`` modules ``cfg.target_modules`` selects; an error lists the candidates."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, AdapterLinear))]
-    found = [n for n in linears if _matches(n, cfg.target_modules)]
+    linears = linear_names(model)
+    found = [n for n in linears if matches_target(n, cfg.target_modules)]
     if not found:
         leaves = sorted({n.split(".")[-1] for n in linears})
         raise ValueError(f"target_modules {cfg.target_modules} match no linear module of {type(model).__name__}; "
