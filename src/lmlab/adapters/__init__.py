@@ -24,7 +24,7 @@ REGISTRY = Registry("adapters", {
 
 _LAZY = {"apply": "tuner", "save": "tuner", "load": "tuner", "AdaptedModel": "tuner", "AdapterLinear": "tuner",
          "Config": "layers", "lora": "layers", "molora": "layers", "hydralora": "layers", "malora": "layers",
-         "param_count": "layers"}
+         "param_count": "layers", "save_peft": "peft_io", "load_peft": "peft_io"}
 
 
 def __getattr__(name: str):
