@@ -35,6 +35,7 @@ import numpy as np
 from lmlab import adapters
 from lmlab.adapters.layers import Config
 from lmlab.adapters.tuner import KIND as ADAPTER_KIND
+from lmlab.adapters.tuner import AdaptedModel
 from lmlab.core import checkpoint as ckpt
 from lmlab.core.config import param, to_dict
 from lmlab.core.data import TokenWindows
@@ -134,6 +135,11 @@ def token_windows(job: AdapterJob, tok: Any, context: int) -> tuple[TokenWindows
 def train_adapter(job: AdapterJob) -> dict[str, Any]:
     """Train ``job.adapter`` on the frozen ``job.model``; returns val loss before / after, parameter counts,
     seconds. With a run folder, the adapter is saved to ``<out>/model`` (module docstring)."""
+    return fit_adapter(job)[1]
+
+
+def fit_adapter(job: AdapterJob) -> tuple[AdaptedModel, dict[str, Any]]:
+    """``train_adapter`` that also returns the trained model (base + adapter, in eval mode)."""
     set_threads(job.threads)
     spec = base_spec(job.model)
     folder = run_folder(job)
@@ -158,10 +164,11 @@ def train_adapter(job: AdapterJob) -> dict[str, Any]:
         adapters.save(model, folder / "model", base=spec, job=to_dict(job))
         if base_tok is None:  # the base has none: lmlab.load(out) gets the bytes the adapter was trained on
             tok.save(folder / "model" / "tokenizer.json")
-    return {"method": job.adapter.method, "trainable_params": counts["trainable"], "total_params": counts["total"],
-            "trainable_share": counts["trainable"] / counts["total"], "val_tokens": val_tokens,
-            "steps": trainer.step, "resumed_from": trainer.resumed_from, "train_loss": trainer.last_loss,
-            "val_loss_before": before, "val_loss_after": after, "seconds": t.seconds}
+    metrics = {"method": job.adapter.method, "trainable_params": counts["trainable"], "total_params": counts["total"],
+               "trainable_share": counts["trainable"] / counts["total"], "val_tokens": val_tokens,
+               "steps": trainer.step, "resumed_from": trainer.resumed_from, "train_loss": trainer.last_loss,
+               "val_loss_before": before, "val_loss_after": after, "seconds": t.seconds}
+    return model.eval(), metrics
 
 
 # ---------------------------------------------------------------- adapter folders: info and merge
@@ -188,10 +195,19 @@ def adapter_info(path: str | Path) -> dict[str, Any]:
             "targets": meta.get("targets") or [], "trainable": counts.get("trainable"), "total": counts.get("total")}
 
 
+def out_mode(out: Path) -> str:
+    """``checkpoint.output_mode`` of ``out`` ("new" or "replace"); a folder of other files is refused."""
+    try:
+        return ckpt.output_mode(out)
+    except ckpt.OutputFolderError:
+        raise ckpt.OutputFolderError(f"out {out} is not empty and holds files lmlab did not write; merge into a new "
+                                     "folder") from None
+
+
 def _save_hf(model: Any, tok: Any, out: Path) -> None:
     """``save_pretrained`` of a Hugging Face model (+ tokenizer) into a new folder ``out``, renamed into place."""
-    if ckpt.output_mode(out) != "new":  # an lmlab folder there would shadow the Hugging Face files
-        raise ckpt.OutputFolderError(f"{out} is not empty; a merged Hugging Face model goes into a new folder")
+    if out_mode(out) != "new":  # lmlab's meta.json there would shadow the Hugging Face files
+        raise ckpt.OutputFolderError(f"out {out} is not empty; a merged Hugging Face model goes into a new folder")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -207,11 +223,11 @@ def merge_adapter(path: str | Path, out: str | Path) -> dict[str, Any]:
     """Fold the adapter in ``path`` into its base and save the plain base model to ``out`` (``lmlab.load`` reads
     it): an lmlab Transformer with ``save_model`` (+ its tokenizer.json), a Hugging Face model with
     ``save_pretrained`` (+ its tokenizer). Routed adapters (molora, hydralora, malora) are refused."""
-    folder = adapter_folder(path)
+    folder, out = adapter_folder(path), Path(out)
+    out_mode(out)  # before the model is loaded
     model, tok, meta = load(folder)
     method = model.configs[model.active].method
     merged = model.merge_and_unload()  # a routed adapter: ValueError naming why no single weight equals it
-    out = Path(out)
     if getattr(merged, "checkpoint_kind", None) == "lmlab-transformer":
         ckpt.save_model(out, merged, to_dict(merged.cfg), merged_adapter=str(folder))
         if tok is not None and not isinstance(tok, HFTokenizer):  # lmlab's own tokenizers
