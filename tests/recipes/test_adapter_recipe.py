@@ -164,7 +164,30 @@ def test_bad_input_is_named(tmp_path, text):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(OutputFolderError, match="notes.txt"):
         train_adapter(job(base, text, tmp_path / "busy"))
+    with pytest.raises(OutputFolderError, match="run folder of another recipe"):
+        train_adapter(job(base, text, base))  # the base run's own folder: left as it was
+    assert not (Path(base) / "job.json").exists() and lmlab.load(base)[2]["kind"] == "lmlab-transformer"
     two = job(base, text, tmp_path / "x")
     two.train.run_dir = str(tmp_path / "y")
     with pytest.raises(ValueError, match="name two folders"):
         train_adapter(two)
+
+
+def test_unload_gives_back_plain_linears(tmp_path, text):
+    """``AdaptedModel.unload`` (what ``merge_adapter`` saves): plain nn.Linear layers; merged first, the base
+    computes base + adapter; unmerged, the base alone. A routed adapter refuses to merge."""
+    from lmlab.adapters.tuner import AdapterLinear
+
+    base = write_base(tmp_path / "base")
+    trained, _ = fit_adapter(job(base, text, steps=3))
+    want = trained(IDS)
+    plain = trained.merge_and_unload()
+    assert isinstance(plain, Transformer) and not any(isinstance(m, AdapterLinear) for m in plain.modules())
+    assert set(plain.state_dict()) == set(lmlab.load(base)[0].state_dict())
+    torch.testing.assert_close(plain(IDS), want, rtol=0, atol=1e-5)
+    assert trained.configs == {} and trained.active is None
+    again, _ = fit_adapter(job(base, text, steps=3))
+    torch.testing.assert_close(again.unload()(IDS), lmlab.load(base)[0](IDS), rtol=0, atol=0)
+    routed, _ = fit_adapter(job(base, text, steps=1, method="molora"))
+    with pytest.raises(ValueError, match="routes each token"):
+        routed.merge_and_unload()

@@ -43,14 +43,14 @@ def write_run(folder: Path) -> str:
     return str(folder)
 
 
-def save_adapter(run: str, folder: Path, cfg, seed: int) -> str:
+def save_adapter(run: str, folder: Path, cfg, seed: int, base: str | None = None) -> str:
     model = adapters.apply(lmlab.load(run)[0], cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, layer in model.adapter_layers():
             for mix in layer.adapters.values():
                 mix.B.copy_(torch.randn(mix.B.shape, generator=gen) * 0.5)
-    adapters.save(model, folder, base=run)
+    adapters.save(model, folder, base=base or run)
     return str(folder)
 
 
@@ -104,8 +104,13 @@ def test_each_request_runs_the_adapter_it_names(served):
     assert client.target.active is None  # no adapter left switched on between requests
 
 
-def test_local_client_and_cli_refuse_bad_adapter_settings(served, capsys):
+def test_local_client_and_cli_refuse_bad_adapter_settings(served, capsys, caplog, tmp_path):
     run, named = served
+    other = save_adapter(run, tmp_path / "other", lora(rank=2), 3, base=str(tmp_path / "another-run"))
+    with caplog.at_level("WARNING", logger="lmlab.serve.local"):
+        LocalClient(run, adapters={"a": named["a"], "o": other})
+    assert [r.getMessage() for r in caplog.records] == [f"adapter 'o' was trained on {tmp_path / 'another-run'}, "
+                                                        f"and is served on {run}"]
     with pytest.raises(ValueError, match="adapter name .* the served model's own name"):
         LocalClient(run, adapters={run: named["a"]})
     with pytest.raises(ValueError, match="is not NAME=PATH"):

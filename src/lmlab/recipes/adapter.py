@@ -54,6 +54,8 @@ RUN_ENTRIES = {"job.json", "metrics.jsonl", "checkpoint", "model"}  # what a run
 
 @dataclass
 class AdapterData:
+    """The text (``text_splits`` of ``lmlab train lm``), in the base model's tokens."""
+
     source: str = param("corpus_en", "corpus_en | a path to a UTF-8 text file")
     max_bytes: int = param(0, "cap on the corpus bytes used (0 = all)")
     seq_len: int = param(128, "tokens per training window (at most the model's context)")
@@ -100,6 +102,12 @@ def run_folder(job: AdapterJob) -> Path | None:
         raise ckpt.OutputFolderError(f"out {folder} holds files a run folder does not ({', '.join(other[:5])}); "
                                      f"a run folder holds only {', '.join(sorted(RUN_ENTRIES))}: choose another "
                                      "--out")
+    job_file, model_dir = folder / "job.json", folder / "model"
+    other_job = job_file.is_file() and "adapter" not in json.loads(job_file.read_text(encoding="utf-8"))
+    other_model = (model_dir / ckpt.META).is_file() and ckpt.read_meta(model_dir).get("kind") != ADAPTER_KIND
+    if other_job or other_model:
+        raise ckpt.OutputFolderError(f"out {folder} is the run folder of another recipe (its model/ is no adapter); "
+                                     "choose another --out")
     return folder
 
 

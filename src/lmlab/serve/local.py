@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,11 +46,13 @@ from lmlab.core.chat import (
     check_messages,
     request_hash,
 )
+from lmlab.core.checkpoint import read_meta
 from lmlab.decoding import REGISTRY as DECODERS
 from lmlab.decoding import build
 from lmlab.loader import load, model_folder
 from lmlab.recipes.generate import decoder_config, load_draft
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256  # when a request gives none, capped by the room left in the context
 
 
@@ -96,13 +99,22 @@ def token_logprobs(model: Any, tok: Any, prompt: list[int], ids: list[int], k: i
             for j, t in enumerate(ids)]
 
 
+def _resolved(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 def add_adapters(model: Any, named: Mapping[str, str], taken: str) -> Any:
     """``model`` with each adapter of ``named`` (name -> adapter folder or run folder of ``lmlab train adapter``)
     added under its name, none active."""
     for name, path in named.items():
         if not name or name == taken:
             raise ValueError(f"adapter name {name!r} is empty or the served model's own name; give another NAME")
-        model = adapter_family.load(model_folder(Path(path).expanduser()) or path, model, name)
+        folder = model_folder(Path(path).expanduser()) or Path(path)
+        model = adapter_family.load(folder, model, name)
+        trained_on = read_meta(folder).get("base")
+        if trained_on and _resolved(trained_on) != _resolved(taken):
+            logger.warning("adapter %r was trained on %s, and is served on %s", name, trained_on, taken)
     model.set_active(None)
     return model
 
