@@ -39,6 +39,8 @@ REDUCE: dict[tuple[str, ...], list[str]] = {
     ("train", "lm"): ["--train.steps", "2", "--data.max-bytes", "20000"],
     # 2 steps on 40 generated training puzzles, accuracy on 8 (the task defaults generate thousands)
     ("train", "task"): ["--train.steps", "2", "--task-data.n-train", "40", "--task-data.n-test", "8"],
+    # an adapter on the README's tiny lm run: 2 steps on the same capped corpus_en, 2 held-out batches
+    ("train", "adapter"): ["--train.steps", "2", "--data.max-bytes", "20000", "--train.eval-batches", "2"],
     # 2 steps; FD and class consistency from 20 samples of 2 solver steps with a 20-step feature classifier
     # (defaults: 1000 samples, 25 steps per block, 400 classifier steps)
     ("train", "acdit"): ["--train.steps", "2", "--eval-samples", "20", "--sample-steps", "2",

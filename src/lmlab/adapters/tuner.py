@@ -182,6 +182,22 @@ class AdaptedModel(nn.Module):
         for _, layer in self.adapter_layers():
             layer.unmerge()
 
+    def unload(self) -> nn.Module:
+        """The base model with every ``AdapterLinear`` put back as its plain ``nn.Linear`` (holding a merged
+        adapter, if one is merged; the others are dropped). This wrapper is left without adapters."""
+        for target, layer in list(self.adapter_layers()):
+            parent_name, _, leaf = target.rpartition(".")
+            parent = self.base.get_submodule(parent_name) if parent_name else self.base
+            setattr(parent, leaf, layer.base)
+        self.configs.clear()
+        self.active = None
+        return self.base
+
+    def merge_and_unload(self, name: str | None = None) -> nn.Module:
+        """``merge(name)`` then ``unload()``: the plain base model computing base + adapter ``name``."""
+        self.merge(name)
+        return self.unload()
+
     def pop_aux(self) -> dict[str, torch.Tensor]:
         """The base model's aux losses plus the active adapter's load-balance loss (mean over its layers)."""
         pop = getattr(self.base, "pop_aux", None)

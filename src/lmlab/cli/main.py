@@ -15,7 +15,8 @@ import sys
 VERBS = {  # verb: (module, one-line help)
     "list": ("lmlab.cli.catalog", "list registered methods by family (imports no torch)"),
     "info": ("lmlab.cli.catalog", "show a method's paper, docstring, config table and last reproduction gates"),
-    "train": ("lmlab.cli.train", "run a training recipe: lm | task | acdit (TOML config + --set overrides)"),
+    "train": ("lmlab.cli.train", "run a training recipe: lm | task | acdit | adapter (TOML config + --set overrides)"),
+    "adapter": ("lmlab.cli.adapter", "show a trained adapter (info) or fold it into its base model (merge)"),
     "generate": ("lmlab.cli.generate", "generate text from any model lmlab.load reads, plainly or speculatively"),
     "serve": ("lmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API (chat and text completions)"),
     "pipeline": ("lmlab.cli.pipeline", "run an LLM data pipeline over a JSONL file (resumable, errors file, ledger)"),

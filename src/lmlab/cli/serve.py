@@ -3,10 +3,14 @@
     lmlab serve --model runs/tiny
     lmlab serve --model smollm2-135m --decoder gsd --draft skip:odd --set depth=6 --port 8001
     LMLAB_KEY=secret lmlab serve --model runs/tiny --api-key-env LMLAB_KEY
+    lmlab serve --model runs/tiny --adapter legal=runs/tiny-legal --adapter chat=runs/tiny-chat
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (``stream`` supported).
 Any OpenAI client reaches it with ``base_url="http://127.0.0.1:8000/v1"``; the model name is the ``--model``
-value. It listens on loopback unless ``--host`` says otherwise. The library call is ``lmlab.serve.run``.
+value. ``--adapter NAME=PATH`` (repeatable) serves each adapter (``lmlab train adapter``) on the one loaded base
+model: a request with ``model=NAME`` runs that adapter, one with the ``--model`` value runs none, and
+/v1/models lists them all. It listens on loopback unless ``--host`` says otherwise. The library call is
+``lmlab.serve.run``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, help="draft model (same tokenizer) or skip:0,2,4 (chain_sd/tree_sd/gsd)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="decoder config override, e.g. depth=6")
+    p.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=PATH",
+                   help="serve the adapter in PATH on the base model as model NAME (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -46,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is unset or empty")
     set_threads(args.threads)
     serve(args.model, decoder=args.decoder, draft=args.draft, overrides=args.overrides, host=args.host,
-          port=args.port, api_key=api_key, check=args.check,
+          port=args.port, api_key=api_key, check=args.check, adapters=args.adapters,
           on_ready=lambda url: print(f"{'checked' if args.check else 'serving'} {args.model} at {url}", flush=True))
     return 0

@@ -17,4 +17,7 @@ REGISTRY = Registry("recipes", {
     "acdit": Entry("lmlab.recipes.acdit:train_acdit", paper="arXiv:2412.07720", status="experimental",
                    summary="ACDiT on 8x8 digits (or PNGs): block diffusion training, sampling, FD and consistency",
                    config="lmlab.recipes.acdit:TrainJob", repro="acdit"),
+    "adapter": Entry("lmlab.recipes.adapter:train_adapter", paper="arXiv:2106.09685 (LoRA), arXiv:2410.22782",
+                     summary="an adapter (lora | molora | hydralora | malora) on any frozen model, on text: val loss",
+                     config="lmlab.recipes.adapter:AdapterJob"),
 })

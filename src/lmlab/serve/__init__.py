@@ -3,6 +3,7 @@
     from lmlab.serve import LocalClient, run
     LocalClient("runs/tiny").chat([{"role": "user", "content": "hi"}]).text
     run("runs/tiny", decoder="gsd", draft="skip:odd", port=8000)     # blocks; Ctrl-C stops it
+    run("runs/tiny", adapters=["a=runs/tiny-a", "b=runs/tiny-b"])    # models "runs/tiny", "a" and "b"
 
 ``create_app`` (``serve.app``) is the FastAPI app; ``run`` builds the client and the app and serves them with
 uvicorn. FastAPI and uvicorn are imported only when the server is used.
@@ -14,9 +15,11 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from lmlab.core.chat import ChatParams
+
 from .local import LocalClient
 
-__all__ = ["LocalClient", "background", "create_app", "make_client", "run"]
+__all__ = ["LocalClient", "background", "create_app", "make_client", "parse_adapters", "run"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -35,22 +38,41 @@ def create_app(client: LocalClient, api_key: str | None = None) -> Any:
     return make(client, api_key)
 
 
+def parse_adapters(items: Sequence[str]) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` (``lmlab serve --adapter``) as {name: path}; a malformed or repeated NAME is an
+    error naming it."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {item!r} is not NAME=PATH (e.g. --adapter legal=runs/lm-legal)")
+        if name in out:
+            raise ValueError(f"--adapter name {name!r} is given twice ({out[name]} and {path})")
+        out[name] = path
+    return out
+
+
 def run(model: str, *, decoder: str = "greedy", draft: str | None = None, overrides: Sequence[str] = (),
         host: str = LOOPBACK, port: int = 8000, api_key: str | None = None,
-        on_ready: Callable[[str], None] | None = None, check: bool = False) -> None:
+        on_ready: Callable[[str], None] | None = None, check: bool = False, adapters: Sequence[str] = ()) -> None:
     """Serve ``model`` (any ``lmlab.load`` spec) at http://host:port/v1 until interrupted.
 
+    ``adapters``: ``NAME=PATH`` items; each adapter is served on the one loaded base as model ``NAME``.
     ``on_ready(url)`` is called once the model is loaded, just before the server starts listening. ``check``:
-    answer one short chat request in process through the built app's client, then return without listening.
+    answer one short chat request per served model in process through the built app's client, then return
+    without listening.
     """
     import uvicorn
 
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
-    client = LocalClient(model, decoder=decoder, draft=draft, decoder_overrides=overrides)
+    client = LocalClient(model, decoder=decoder, draft=draft, decoder_overrides=overrides,
+                         adapters=parse_adapters(adapters))
     app = create_app(client, api_key)
     if check:
-        client.chat([{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0)
+        for name in client.models:
+            client.generate([{"role": "user", "content": "Hello"}], ChatParams(max_tokens=4), name)
     if on_ready is not None:
         on_ready(f"http://{host}:{port}/v1")
     if not check:

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP app of ``lmlab serve`` (FastAPI) over a ``LocalClient``.
 
     GET  /health                 {"status": "ok", "model": ...} (no API key needed: a liveness probe)
-    GET  /v1/models              the one served model
+    GET  /v1/models              the served models: the base model, then each adapter (``--adapter NAME=PATH``)
     POST /v1/chat/completions    OpenAI chat completions (n, temperature, top_p, max_tokens, stop, seed, logprobs)
     POST /v1/completions         OpenAI text completions on the raw prompt (no chat template)
 
@@ -9,7 +9,8 @@
 completion is generated first and then streamed in word-sized pieces, so streaming changes how the answer
 arrives, not when generation ends. A client that disconnects mid-stream only ends its own response.
 Bad requests get 400 (404 for an unknown model, 401 without the API key) with an OpenAI-style error body
-``{"error": {"message", "type", "param", "code"}}`` that names the offending field.
+``{"error": {"message", "type", "param", "code"}}`` that names the offending field. A request's ``model`` picks
+the adapter it runs with (its name) or none (the base model's name).
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def create_app(client: LocalClient, api_key: str | None = None) -> FastAPI:
                            "invalid_api_key", "authentication_error")
 
     def check_model(name: str) -> None:
-        if name != client.model:
-            raise ApiError(404, f"model {name!r} is not served here; this server serves {client.model!r}",
-                           "model", "model_not_found")
+        if name not in client.models:
+            raise ApiError(404, f"model {name!r} is not served here; this server serves "
+                           f"{', '.join(map(repr, client.models))}", "model", "model_not_found")
 
     async def answer(call: Any, *args: Any) -> ChatResult:
         try:
@@ -127,8 +128,8 @@ def create_app(client: LocalClient, api_key: str | None = None) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": client.model, "object": "model", "created": 0,
-                                            "owned_by": "lmlab"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "lmlab"}
+                                           for name in client.models]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(req: ChatRequest) -> Any:
@@ -141,7 +142,7 @@ def create_app(client: LocalClient, api_key: str | None = None) -> FastAPI:
             params = params_of(req, max_tokens or client.room(client.prompt_of(messages)), top)
         except (Unsupported, ValueError) as e:
             raise ApiError(400, str(e), getattr(e, "param", None)) from e
-        result = await answer(client.generate, messages, params)
+        result = await answer(client.generate, messages, params, req.model)
         if req.stream:
             return event_stream(chat_stream(result))
         return chat_body(result, req.top_logprobs or 0)
@@ -155,7 +156,7 @@ def create_app(client: LocalClient, api_key: str | None = None) -> FastAPI:
             params = params_of(req, req.max_tokens or client.room(prompt), req.logprobs or 0)
         except (Unsupported, ValueError) as e:
             raise ApiError(400, str(e), getattr(e, "param", None)) from e
-        result = await answer(client.complete, prompt, params)
+        result = await answer(client.complete, prompt, params, req.model)
         if req.stream:
             return event_stream(text_stream(result))
         return text_body(result)

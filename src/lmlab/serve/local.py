@@ -16,18 +16,26 @@ temperature 1), the naive reference a cached implementation would be checked aga
 Messages become a prompt through the tokenizer's chat template (Hugging Face tokenizers). lmlab's own
 tokenizers have no template: the prompt is the messages as "role: content" lines followed by "assistant:".
 One generation runs at a time (a lock); ``achat`` runs it in a worker thread so an event loop stays responsive.
+
+Adapters: ``LocalClient("runs/lm", adapters={"a": "runs/lm-a", "b": "runs/lm-b"})`` loads the base once and adds
+each adapter (``lmlab.adapters.load``) under its name; a request names the adapter it runs with (``model=``), the
+base model's name runs none. The adapter is switched inside the generation lock, so requests never mix them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmlab import adapters as adapter_family
 from lmlab.core.chat import (
     ChatParams,
     ChatResult,
@@ -38,11 +46,13 @@ from lmlab.core.chat import (
     check_messages,
     request_hash,
 )
+from lmlab.core.checkpoint import read_meta
 from lmlab.decoding import REGISTRY as DECODERS
 from lmlab.decoding import build
-from lmlab.loader import load
+from lmlab.loader import load, model_folder
 from lmlab.recipes.generate import decoder_config, load_draft
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256  # when a request gives none, capped by the room left in the context
 
 
@@ -89,20 +99,45 @@ def token_logprobs(model: Any, tok: Any, prompt: list[int], ids: list[int], k: i
             for j, t in enumerate(ids)]
 
 
+def _resolved(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def add_adapters(model: Any, named: Mapping[str, str], taken: str) -> Any:
+    """``model`` with each adapter of ``named`` (name -> adapter folder or run folder of ``lmlab train adapter``)
+    added under its name, none active."""
+    for name, path in named.items():
+        if not name or name == taken:
+            raise ValueError(f"adapter name {name!r} is empty or the served model's own name; give another NAME")
+        folder = model_folder(Path(path).expanduser()) or Path(path)
+        model = adapter_family.load(folder, model, name)
+        trained_on = read_meta(folder).get("base")
+        if trained_on and _resolved(trained_on) != _resolved(taken):
+            logger.warning("adapter %r was trained on %s, and is served on %s", name, trained_on, taken)
+    model.set_active(None)
+    return model
+
+
 class LocalClient:
     """An lmlab model (or a Hugging Face one through ``lmlab.load``) in process, as a ``ChatClient``."""
 
     capabilities = frozenset({"n", "logprobs", "seed", "json_schema"})
 
     def __init__(self, model: str | tuple[Any, Any], decoder: str = "greedy", draft: str | None = None,
-                 decoder_overrides: Sequence[str] = (), name: str | None = None):
+                 decoder_overrides: Sequence[str] = (), name: str | None = None,
+                 adapters: Mapping[str, str] | None = None):
         """``model``: a spec for ``lmlab.load`` or a (model, tokenizer) pair; ``decoder``: a decoding registry
         name (greedy, sample, chain_sd, tree_sd, gsd); ``draft``: the speculative decoders' draft (a model spec
-        sharing the tokenizer, or ``skip:...``); ``decoder_overrides``: ``key=value`` settings of its config."""
+        sharing the tokenizer, or ``skip:...``); ``decoder_overrides``: ``key=value`` settings of its config;
+        ``adapters``: name -> adapter folder, each served as model ``name`` on the one loaded base."""
         self.target, self.tok = model if isinstance(model, tuple) else load(model)[:2]
         if self.tok is None:
             raise ValueError(f"model {model!r} has no tokenizer next to it; LocalClient needs one to encode text")
         self.model = name or (model if isinstance(model, str) else "local")
+        if adapters:
+            self.target = add_adapters(self.target, adapters, self.model)
+        self.adapters = list(adapters or [])
         if decoder not in DECODERS or "bidirectional" in DECODERS.entry(decoder).caps:
             plain = [n for n in DECODERS if "bidirectional" not in DECODERS.entry(n).caps]
             raise ValueError(f"decoder {decoder!r} cannot serve text; expected one of {plain}")
@@ -114,6 +149,19 @@ class LocalClient:
         self._lock = threading.Lock()
         self._decoder(ChatParams(temperature=0.0))  # bad overrides or a missing draft fail here, not per request
         self._decoder(ChatParams(temperature=1.0))
+
+    @property
+    def models(self) -> list[str]:
+        """The model names requests may give: the base model's, then each adapter's."""
+        return [self.model, *self.adapters]
+
+    def _using(self, model: str | None) -> contextlib.AbstractContextManager:
+        """Run adapter ``model`` (the base model's name or None: no adapter) for one generation."""
+        if model is not None and model not in self.models:
+            raise ValueError(f"model {model!r} is not served here; served: {', '.join(map(repr, self.models))}")
+        if not self.adapters:
+            return contextlib.nullcontext()
+        return self.target.using(None if model in (None, self.model) else model)
 
     @property
     def context(self) -> int:
@@ -160,14 +208,15 @@ class LocalClient:
             return Generated(cut[0], cut[1], "stop")
         return Generated(ids, self.tok.decode(body), reason)
 
-    def complete(self, prompt: str, params: ChatParams) -> ChatResult:
-        """n completions of the raw text ``prompt`` (no chat template): the text-completions path."""
+    def complete(self, prompt: str, params: ChatParams, model: str | None = None) -> ChatResult:
+        """n completions of the raw text ``prompt`` (no chat template): the text-completions path; ``model``
+        picks an adapter by name (None or the base model's name: none)."""
         if params.tools:
             raise ValueError(f"LocalClient does not support tools yet (capabilities: {sorted(self.capabilities)})")
         ids = self.tok.encode(prompt)
         if not ids:
             raise ValueError("the prompt encodes to no tokens; give some text")
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), self._using(model):  # the adapter is switched under the lock
             dec = self._decoder(params)
             seeds = [None if params.seed is None else params.seed + i for i in range(params.n)]
             gens = [self._one(dec, ids, params, s) for s in seeds]
@@ -175,12 +224,12 @@ class LocalClient:
                                                                               params.logprobs)
                                       if params.logprobs else None) for g in gens]
         usage = Usage(prompt_tokens=len(ids), completion_tokens=sum(len(g.ids) for g in gens))
-        return ChatResult(completions, usage, self.model)
+        return ChatResult(completions, usage, model or self.model)
 
-    def generate(self, messages: Messages, params: ChatParams) -> ChatResult:
+    def generate(self, messages: Messages, params: ChatParams, model: str | None = None) -> ChatResult:
         """The blocking chat call: render the messages, complete them, stamp the request hash."""
-        result = self.complete(self.prompt_of(messages), params)
-        result.request_hash = request_hash(self.model, messages, params)
+        result = self.complete(self.prompt_of(messages), params, model)
+        result.request_hash = request_hash(model or self.model, messages, params)
         return result
 
     async def achat(self, messages: Messages, params: ChatParams) -> ChatResult:
