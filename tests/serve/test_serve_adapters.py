@@ -14,33 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_serve import write_run  # the same tiny run folder as the serve tests
 
 import lmlab
 from lmlab import adapters
 from lmlab.adapters.layers import lora, malora
 from lmlab.cli.main import main
 from lmlab.core.chat import ChatParams
-from lmlab.core.checkpoint import save_model
-from lmlab.core.config import to_dict
-from lmlab.core.tokenizer import ByteTokenizer
-from lmlab.core.transformer import Transformer, TransformerConfig
 from lmlab.recipes.generate import generate_text
 from lmlab.serve import LocalClient, background, parse_adapters
 
 PROMPT = "In the beginning"
-
-
-def write_run(folder: Path) -> str:
-    """A run folder (model/ with weights and tokenizer.json) of a random model whose greedy outputs vary."""
-    torch.manual_seed(0)
-    model = Transformer(TransformerConfig(vocab_size=259, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                          max_seq_len=128, tie_embeddings=False))
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 0.5)
-        model.tok_emb.weight.normal_(0.0, 1.0)
-    save_model(folder / "model", model, to_dict(model.cfg))
-    ByteTokenizer(["<bos>", "<eos>", "<pad>"]).save(folder / "model" / "tokenizer.json")
-    return str(folder)
 
 
 def save_adapter(run: str, folder: Path, cfg, seed: int, base: str | None = None) -> str:
