@@ -1,6 +1,6 @@
 """Adapter training step time: MALoRA (A) vs MoLoRA (B), LoRA as an extra column, at the MALoRA repro's budgets.
 
-The arms of ``repro/malora`` (training.md Sec. 3.6): MALoRA N=4 d_s=8 r'=12 top-2, MoLoRA N=4 r=8 top-2 and LoRA
+The arms of ``repro/malora`` (read from its config.toml): MALoRA N=4 d_s=8 r'=8 top-2, MoLoRA N=4 r=8 top-2 and LoRA
 r=16 (the active rank k*r of MoLoRA), on every attention and MLP projection of the same 4 x 128 core Transformer
 (random weights: the work of a step does not depend on them). One step is a full ``Trainer.train_step``
 (forward, causal LM loss, balance loss, backward, clipping, AdamW) on a batch of 32 tagged-task examples
@@ -11,15 +11,17 @@ second, so ``ratio`` > 1 means MALoRA steps faster than MoLoRA. ``lora_value`` /
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import tomllib
 import torch
 
 from lmlab.core.results import bench_record
 from lmlab.core.transformer import Transformer
 from lmlab.harness import ABRuns, ab_cases, repro_module
 
-CFG = {"dim": 128, "layers": 4, "heads": 4, "alpha": 16.0, "lora_rank": 16, "molora_rank": 8, "hydralora_rank": 8,
-       "malora_rank": 12, "malora_subspace_rank": 8}
+CFG = {k: v for k, v in tomllib.loads((Path(__file__).parents[1] / "repro" / "malora" / "config.toml").read_text())
+       .items() if not isinstance(v, dict)}  # the full run's top-level settings
 BATCH = 32
 
 
@@ -44,7 +46,9 @@ def build(threads: int, rounds: int, steps: int):
 def run(quick: bool = False) -> dict:
     rounds, steps = (2, 1) if quick else (9, 5)
     cases = ab_cases(lambda n: build(n, rounds, steps))
-    return bench_record("adapter_step_time", "MALoRA N=4 d_s=8 r'=12 top-2", "MoLoRA N=4 r=8 top-2",
+    return bench_record("adapter_step_time",
+                        f"MALoRA N=4 d_s={CFG['malora_subspace_rank']} r'={CFG['malora_rank']} top-2",
+                        f"MoLoRA N=4 r={CFG['molora_rank']} top-2",
                         "training steps/s (4x128 base, batch 32 x 21 tokens, fwd+bwd+AdamW on the adapter)", cases,
                         runs=rounds)
 
