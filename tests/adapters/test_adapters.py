@@ -249,3 +249,64 @@ def test_a_regex_target_never_wraps_the_inside_of_an_adapted_layer(base):
     assert sorted(layers) == ["layers.0.attn.q_proj", "layers.1.attn.q_proj"]
     assert all(isinstance(layer.base, torch.nn.Linear) and set(layer.adapters) == {"a", "b"}
                for layer in layers.values())
+
+
+def test_adapters_follow_the_base_models_mode_and_eval_collects_no_balance_loss(base, ids, tmp_path):
+    model = adapters.apply(copy.deepcopy(base), malora(dropout=0.5))  # base is in eval mode
+    assert not model.training and not any(m.training for m in model.modules())
+    randomise_b(model)
+    assert torch.equal(model(ids), model(ids))  # no dropout at inference
+    assert model.pop_aux() == {}  # grad enabled, but not training: nothing held
+    adapters.save(model, tmp_path / "ad")
+    loaded = adapters.load(tmp_path / "ad", copy.deepcopy(base).train())
+    assert all(m.training for m in loaded.modules())
+
+
+def test_a_merged_adapter_is_the_active_one_until_unmerged(base, ids):
+    ref = base(ids)
+    model = adapters.apply(copy.deepcopy(base), lora(rank=4), name="a")
+    adapters.apply(model, lora(rank=4, seed=1), name="b")  # b is active
+    randomise_b(model)
+    with model.using("a"):
+        ya = model(ids)
+    model.merge("a")  # merging a non-active adapter makes it the active one
+    assert model.active == "a" and model.merged == "a"
+    torch.testing.assert_close(model(ids), ya, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="'a' is merged .*unmerge\\(\\) before running adapter 'b'"):
+        model.set_active("b")
+    with pytest.raises(ValueError, match="before running the base model alone"):
+        model.set_active(None)
+    model.unmerge()
+    with model.using(None):
+        torch.testing.assert_close(model(ids), ref, rtol=0, atol=1e-10)
+
+
+def test_merging_into_a_tied_output_head_is_refused(tiny_cfg, ids):
+    model = adapters.apply(Transformer(tiny_cfg).eval(), lora(target_modules=["lm_head"]))  # tied embeddings
+    with pytest.raises(ValueError, match="lm_head is shared with tok_emb.weight"):
+        model.merge()
+    assert model.merged is None
+
+
+def test_no_active_adapter_is_named_in_the_error(base):
+    model = adapters.apply(copy.deepcopy(base), lora())
+    model.set_active(None)
+    with pytest.raises(ValueError, match="no adapter is active; name one of \\['default'\\]"):
+        model.adapter_state_dict()
+
+
+def test_a_layer_skip_draft_of_an_adapted_model_runs_its_adapter_and_decoding_stays_lossless(base):
+    from lmlab.decoding.chain import ChainSpeculative
+    from lmlab.decoding.reference import Greedy
+    from lmlab.recipes.generate import load_draft
+
+    model = adapters.apply(copy.deepcopy(base), malora(rank=4))
+    randomise_b(model)
+    draft = load_draft("skip:1", model, None)
+    prompt = [3, 1, 4, 1, 5]
+    x = torch.tensor([prompt])
+    with model.using(None):
+        plain_view = load_draft("skip:1", model, None)(x)
+    assert not torch.allclose(draft(x), plain_view)  # the view runs the active adapter in its kept layer
+    ref = Greedy().generate(model, prompt, 12).tokens
+    assert ChainSpeculative(draft=draft).generate(model, prompt, 12).tokens == ref

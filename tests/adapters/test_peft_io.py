@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmlab import adapters
-from lmlab.adapters.layers import lora, molora
+from lmlab.adapters.layers import lora, malora, molora
 from lmlab.adapters.peft_io import load_peft, save_peft
 from lmlab.adapters.tuner import AdaptedModel
 from lmlab.core.checkpoint import CheckpointError, OutputFolderError
@@ -40,7 +40,8 @@ def randomise(model: AdaptedModel, seed: int = 0) -> None:
     with torch.no_grad():
         for _, layer in model.adapter_layers():
             for mix in layer.adapters.values():
-                mix.A.copy_(torch.randn(mix.A.shape, generator=gen, dtype=mix.A.dtype) * 0.3)
+                for p in (mix.A,) if hasattr(mix, "A") else (mix.S, mix.P):
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
                 mix.B.copy_(torch.randn(mix.B.shape, generator=gen, dtype=mix.B.dtype) * 0.3)
 
 
@@ -193,11 +194,18 @@ def test_a_second_adapter_on_an_adapted_model_and_a_round_trip(tmp_path, ids):
 # ---------------------------------------------------------------- refusals
 
 
-def test_only_plain_lora_is_saved_to_peft(tmp_path):
+def test_only_unrouted_adapters_are_saved_to_peft(tmp_path, ids):
     model = adapters.apply(HFCausalLM(tiny_llama()), molora(rank=2))
-    with pytest.raises(ValueError, match="'default' is molora .*plain LoRA"):
+    with pytest.raises(ValueError, match="'default' is molora .*routed experts"):
         save_peft(model, tmp_path / "ad")
     assert not (tmp_path / "ad").exists()
+    llama = tiny_llama()  # one expert of MALoRA is one B (P S): a plain LoRA for PEFT
+    one = adapters.apply(HFCausalLM(copy.deepcopy(llama)), malora(rank=3, n_experts=1, subspace_rank=5))
+    randomise(one)
+    with torch.no_grad():
+        want = one(ids)
+    save_peft(one, tmp_path / "one")
+    torch.testing.assert_close(peft_logits(tmp_path / "one", llama, ids), want, rtol=0, atol=1e-6)
 
 
 def test_saving_into_a_foreign_folder_is_refused_and_leaves_it_alone(tmp_path):
@@ -262,6 +270,15 @@ def test_a_module_the_model_lacks_is_named(tmp_path):
 def test_settings_lmlab_cannot_reproduce_are_refused(tmp_path, kw, what):
     peft_lora(tiny_llama(), **kw).save_pretrained(str(tmp_path / "ad"))
     with pytest.raises(CheckpointError, match=f"no equivalent of .*{what}"):
+        load_peft(tmp_path / "ad", HFCausalLM(tiny_llama()))
+
+
+def test_an_unconverted_residual_initialisation_is_refused(tmp_path):
+    peft_lora(tiny_llama()).save_pretrained(str(tmp_path / "ad"))
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    config["init_lora_weights"] = "pissa_niter_4"  # PiSSA's adapter expects the residual base, not the original
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="init_lora_weights='pissa_niter_4'"):
         load_peft(tmp_path / "ad", HFCausalLM(tiny_llama()))
 
 

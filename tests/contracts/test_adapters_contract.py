@@ -88,12 +88,12 @@ def test_peft_save_round_trips_or_refuses_naming_the_method(name, tmp_path):
     model = adapted(name)
     randomise_b(model)
     x = ids()
-    try:
-        save_peft(model, tmp_path / "peft")
-    except ValueError as e:
-        assert name in str(e) and "plain LoRA" in str(e), f"{name}: unclear refusal: {e}"
+    if model.configs["default"].routed:  # routed experts have no PEFT LoRA form: refused, nothing written
+        with pytest.raises(ValueError, match=f"is {name} .*routed experts"):
+            save_peft(model, tmp_path / "peft")
         assert not (tmp_path / "peft").exists()
         return
+    save_peft(model, tmp_path / "peft")
     with torch.no_grad():
         again = load_peft(tmp_path / "peft", wrapped_llama())
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=1e-12)

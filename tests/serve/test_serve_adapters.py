@@ -108,4 +108,13 @@ def test_local_client_and_cli_refuse_bad_adapter_settings(served, capsys, caplog
                  "--check"]) == 0
     assert capsys.readouterr().out.strip() == f"checked {run} at http://127.0.0.1:8000/v1"
     assert main(["serve", "--model", run, "--adapter", f"a={Path(run) / 'nothing'}", "--check"]) == 2
-    assert "not an lmlab checkpoint" in capsys.readouterr().err
+    assert "no adapter there" in capsys.readouterr().err
+
+
+def test_a_peft_lora_folder_is_served_like_an_lmlab_adapter(served, tmp_path):
+    run, named = served
+    model, tok, _ = lmlab.load(named["a"])
+    adapters.save_peft(model, tmp_path / "peft", base_model_name_or_path=run)
+    client = LocalClient(run, adapters={"p": str(tmp_path / "peft")})
+    got = client.complete(PROMPT, ChatParams(max_tokens=16, temperature=0), "p").completions[0].text
+    assert got == in_process(named["a"]).removesuffix("<eos>")

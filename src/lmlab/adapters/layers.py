@@ -46,7 +46,7 @@ from lmlab.core.config import param
 
 SHARE_A = {"lora": "none", "molora": "none", "hydralora": "full", "malora": "subspace"}
 # method -> (experts, active experts); 0 in the config means "the method's default"
-ROUTING = {"lora": (1, 1), "molora": (4, 2), "hydralora": (4, 4), "malora": (4, 2)}
+ROUTING = {"lora": (1, 1), "molora": (4, 2), "hydralora": (4, 0), "malora": (4, 2)}  # 0 active = all (dense)
 ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -72,13 +72,13 @@ class Config:
             raise ValueError(f"adapter method {self.method!r} is unknown; expected one of {', '.join(SHARE_A)}")
         n, k = ROUTING[self.method]
         self.n_experts = self.n_experts or n
-        self.top_k = self.top_k or (self.n_experts if self.method == "hydralora" else min(k, self.n_experts))
+        self.top_k = self.top_k or min(k or self.n_experts, self.n_experts)
         for name in ("rank", "n_experts", "top_k", "subspace_rank"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"adapter {name} must be > 0, got {getattr(self, name)}")
         if self.top_k > self.n_experts:
             raise ValueError(f"adapter top_k={self.top_k} exceeds n_experts={self.n_experts}")
-        if self.method == "lora" and self.n_experts != 1:
+        if ROUTING[self.method][0] == 1 and self.n_experts != 1:
             raise ValueError(f"lora has one expert, got n_experts={self.n_experts}; use molora for a mixture")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"adapter dropout must be in [0, 1), got {self.dropout}")
@@ -196,7 +196,7 @@ class LowRankMixture(nn.Module):
         n, r = self.cfg.n_experts, self.cfg.rank
         if self.router is not None:
             w, probs = self.gates(x.to(self.router.weight.dtype))
-            if torch.is_grad_enabled():
+            if self.training and torch.is_grad_enabled():
                 aux = self.balance_loss(w, probs)
                 self._aux = aux if self._aux is None else self._aux + aux
             h = h * w.to(h.dtype).unsqueeze(-1)  # (T, N, r): unselected experts weigh 0

@@ -19,7 +19,7 @@ mapping is therefore a rename plus dropping the expert axis:
 sqrt(r)``); ``save_peft`` always writes ``use_rslora: false`` with the lmlab alpha. Keys with the adapter name
 (``lora_A.default.weight``) are read as well as PEFT's usual keys without it.
 
-Refused, each with an error naming it: saving any method but plain LoRA (MoLoRA, HydraLoRA, MALoRA have no PEFT
+Refused, each with an error naming it: saving a routed adapter (MoLoRA, HydraLoRA, MALoRA with N > 1 have no PEFT
 LoRA form); other PEFT types; ``fan_in_fan_out``, ``bias`` other than "none", DoRA (``use_dora``), per-module
 ``rank_pattern`` / ``alpha_pattern``, ``modules_to_save`` and the other options that change what the weights mean;
 LoRA on embeddings; ``adapter_model.bin`` (a pickle: lmlab never loads one); a module the file names that the model
@@ -45,6 +45,7 @@ from lmlab.core.runtime import atomic_write
 from .layers import Config, lora
 from .tuner import AdaptedModel, apply, linear_names, matches_target
 
+RESIDUAL_INITS = ("pissa", "olora", "corda", "loftq")  # initialisations that also change the base weights
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
@@ -106,7 +107,7 @@ def peft_state(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
     for n, layer in model.adapter_layers():
         if name in layer.adapters:
             mix = layer.adapters[name]
-            out[f"{PREFIX}{paths[n]}.lora_A.weight"] = mix.A[0].detach().cpu().contiguous()  # (r, d_in)
+            out[f"{PREFIX}{paths[n]}.lora_A.weight"] = mix.expert_down(0).detach().cpu().contiguous()  # (r, d_in)
             out[f"{PREFIX}{paths[n]}.lora_B.weight"] = mix.B[0].detach().cpu().contiguous()  # (d_out, r)
     return out
 
@@ -131,9 +132,10 @@ def save_peft(model: AdaptedModel, folder: str | Path, name: str | None = None, 
     """
     name = name or model.active
     cfg = model._config(name)
-    if cfg.method != "lora" or cfg.n_experts != 1:
-        raise ValueError(f"adapter {name!r} is {cfg.method} ({cfg.n_experts} experts); PEFT's LoRA format holds "
-                         "plain LoRA (method lora) only: save it with lmlab.adapters.save instead")
+    if cfg.routed:
+        raise ValueError(f"adapter {name!r} is {cfg.method} ({cfg.n_experts} routed experts); PEFT's LoRA format "
+                         "holds one B A per layer (plain LoRA, or any method with one expert): save it with "
+                         "lmlab.adapters.save instead")
     paths = hf_paths(model.base)
     chosen = [paths[n] for n, layer in model.adapter_layers() if name in layer.adapters]
     if base_model_name_or_path is None:
@@ -179,6 +181,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     bad = [f"{k}={config[k]!r}" for k in UNSUPPORTED if config.get(k)]
     if config.get("bias", "none") != "none":
         bad.append(f"bias={config['bias']!r}")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(RESIDUAL_INITS):
+        bad.append(f"init_lora_weights={init!r} (an unconverted adapter for a residual base model)")
     if bad:
         raise CheckpointError(f"{path}: lmlab's LoRA has no equivalent of {', '.join(bad)} (it reads plain LoRA: "
                               "fan_in_fan_out false, bias 'none', no DoRA, no rank/alpha patterns, no "

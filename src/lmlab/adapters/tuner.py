@@ -41,6 +41,7 @@ class AdapterLinear(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: str | None = None
         self.merged: str | None = None  # name of the adapter folded into base.weight
+        self.train(base.training)
 
     @property
     def weight(self) -> torch.Tensor:  # code that reads layer.weight (tied heads, dtype probes) sees the base
@@ -109,6 +110,7 @@ class AdaptedModel(nn.Module):
         self.base = base
         self.configs: dict[str, Config] = {}
         self.active: str | None = None
+        self.train(base.training)  # new adapters follow: a model loaded for inference stays in eval mode
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -140,7 +142,7 @@ class AdaptedModel(nn.Module):
                 setattr(parent, leaf, layer)
             w = layer.base.weight
             mix = LowRankMixture(cfg, w.shape[1], w.shape[0], seed=cfg.seed * 100_003 + i)
-            layer.adapters[name] = mix.to(device=w.device, dtype=w.dtype)
+            layer.adapters[name] = mix.to(device=w.device, dtype=w.dtype).train(self.training)
         self.configs[name] = cfg
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -150,6 +152,11 @@ class AdaptedModel(nn.Module):
         """Run adapter ``name`` (None: the base model alone); only its parameters are trainable."""
         if name is not None and name not in self.configs:
             raise KeyError(f"no adapter {name!r}; loaded: {sorted(self.configs)}")
+        merged = self.merged
+        if merged is not None and name != merged:
+            what = f"adapter {name!r}" if name else "the base model alone"
+            raise ValueError(f"adapter {merged!r} is merged into the base weights, so it runs whatever is active; "
+                             f"unmerge() before running {what}")
         for _, layer in self.adapter_layers():
             layer.active = name if name in layer.adapters else None
             for n, mix in layer.adapters.items():
@@ -166,16 +173,30 @@ class AdaptedModel(nn.Module):
         finally:
             self.set_active(before)
 
+    @property
+    def merged(self) -> str | None:
+        """The adapter folded into the base weights (``merge``), or None."""
+        return next((layer.merged for _, layer in self.adapter_layers() if layer.merged is not None), None)
+
     def merge(self, name: str | None = None) -> None:
-        """Fold adapter ``name`` (default: the active one) into the base weights; routed adapters refuse."""
+        """Fold adapter ``name`` (default: the active one) into the base weights and make it the active one.
+
+        Refused: routed adapters (no single weight equals them) and a weight shared with another module (a tied
+        output head would change the input embedding too)."""
         name = name or self.active
         cfg = self._config(name)
         if cfg.routed:
             raise ValueError(f"cannot merge adapter {name!r}: {cfg.method} with {cfg.n_experts} experts routes each "
                              "token to its own mix of experts, so no single weight equals it")
-        for _, layer in self.adapter_layers():
-            if name in layer.adapters:
-                layer.merge(name)
+        layers = [(n, layer) for n, layer in self.adapter_layers() if name in layer.adapters]
+        for n, p in self.base.named_parameters(remove_duplicate=False):
+            shared = next((ln for ln, layer in layers if p is layer.base.weight), None)
+            if shared is not None and not n.startswith(shared + "."):
+                raise ValueError(f"cannot merge adapter {name!r}: the weight of {shared} is shared with {n} (tied "
+                                 "embeddings), so merging would change both; keep the adapter unmerged")
+        self.set_active(name)
+        for _, layer in layers:
+            layer.merge(name)
 
     def unmerge(self) -> None:
         """Take a merged adapter out of the base weights again."""
@@ -211,7 +232,9 @@ class AdaptedModel(nn.Module):
     # ------------------------------------------------------------ state
 
     def _config(self, name: str | None) -> Config:
-        if name is None or name not in self.configs:
+        if name is None:
+            raise ValueError(f"no adapter is active; name one of {sorted(self.configs)}")
+        if name not in self.configs:
             raise KeyError(f"no adapter {name!r}; loaded: {sorted(self.configs)}")
         return self.configs[name]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lmlab.adapters.tuner import AdaptedModel
 from lmlab.core.config import apply_overrides, from_dict, to_dict
 from lmlab.core.lm import LM
 from lmlab.core.tokenizer import fingerprint
@@ -26,9 +27,13 @@ from lmlab.loader import load
 
 
 def load_draft(spec: str, target: LM, target_tok: Any) -> LM:
-    """A layer-skip view of ``target`` (``skip:...``) or another model with the same tokenizer."""
+    """A layer-skip view of ``target`` (``skip:...``) or another model with the same tokenizer.
+
+    For a model with adapters the view skips layers of its base, whose kept layers run the active adapter.
+    """
     if spec.startswith("skip:"):
-        return layer_skip(target, parse_skip(spec, target.n_layers))
+        base = target.base if isinstance(target, AdaptedModel) else target
+        return layer_skip(base, parse_skip(spec, target.n_layers))
     draft, tok, _ = load(spec)
     if tok is not None and target_tok is not None and fingerprint(tok) != fingerprint(target_tok):
         raise ValueError(f"draft {spec!r} uses another tokenizer than the target; speculative decoding compares "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,7 @@ from lmlab.core.chat import (
 from lmlab.core.checkpoint import read_meta
 from lmlab.decoding import REGISTRY as DECODERS
 from lmlab.decoding import build
-from lmlab.loader import load, model_folder
+from lmlab.loader import PEFT_CONFIG, load, model_folder
 from lmlab.recipes.generate import decoder_config, load_draft
 
 logger = logging.getLogger(__name__)
@@ -105,14 +106,22 @@ def _resolved(spec: str) -> str:
 
 
 def add_adapters(model: Any, named: Mapping[str, str], taken: str) -> Any:
-    """``model`` with each adapter of ``named`` (name -> adapter folder or run folder of ``lmlab train adapter``)
-    added under its name, none active."""
+    """``model`` with each adapter of ``named`` (name -> adapter folder, run folder of ``lmlab train adapter`` or
+    PEFT LoRA folder) added under its name, none active."""
     for name, path in named.items():
         if not name or name == taken:
             raise ValueError(f"adapter name {name!r} is empty or the served model's own name; give another NAME")
-        folder = model_folder(Path(path).expanduser()) or Path(path)
-        model = adapter_family.load(folder, model, name)
-        trained_on = read_meta(folder).get("base")
+        folder = model_folder(Path(path).expanduser())
+        if folder is None and (Path(path).expanduser() / PEFT_CONFIG).is_file():
+            folder = Path(path).expanduser()
+            model = adapter_family.load_peft(folder, model, name)
+            trained_on = json.loads((folder / PEFT_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+        elif folder is None:
+            raise ValueError(f"adapter {name}={path}: no adapter there (neither an lmlab adapter or run folder with "
+                             f"meta.json, nor a PEFT folder with {PEFT_CONFIG})")
+        else:
+            model = adapter_family.load(folder, model, name)
+            trained_on = read_meta(folder).get("base")
         if trained_on and _resolved(trained_on) != _resolved(taken):
             logger.warning("adapter %r was trained on %s, and is served on %s", name, trained_on, taken)
     model.set_active(None)
