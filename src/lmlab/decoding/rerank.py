@@ -1,0 +1,137 @@
+"""Sample N, score, pick: best-of-N and weighted majority vote over candidates from the plain sampling decoder.
+
+Candidate i is exactly ``Sample(cfg).generate(model, prompt, max_new_tokens, seed=seed + i)`` (the shared
+``reference.autoregressive`` loop), so the candidates follow the sampling decoder's distribution and N = 1 is the
+sampling decoder itself. Any scorer plugs in through ``Scorer``: a reward model, a verifier, or the implicit PRM
+(``objectives.implicit_prm.as_scorer``). The official implicit-PRM evaluation (arXiv 2412.01981) uses both
+selections: best-of-N argmax, and a vote summing ``sigmoid(score)`` per distinct final answer.
+
+    pick = BestOfN(scorer, Config(n=16, temperature=0.5)).generate(model, prompt, 64, seed=0)
+    vote = WeightedVote(scorer, answer_of, Config(n=16)).generate(model, prompt, 64, seed=0)
+    pick.tokens, pick.stats.scores, pick.stats.chosen
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lmlab.core.config import param
+
+from .base import Generation, Sampling, SamplingParams
+from .loop import check_request
+from .reference import autoregressive
+
+
+class Scorer(Protocol):
+    """Scores the candidate continuations of one prompt; higher is better. One float per candidate."""
+
+    def __call__(self, prompt_ids: list[int], candidates: list[list[int]]) -> list[float]: ...
+
+
+@dataclass(kw_only=True)
+class Config(SamplingParams):
+    """The sampling distribution of the candidates (temperature, top_k, top_p) plus how many and from which seed."""
+
+    n: int = param(4, "candidates sampled per prompt (N of best-of-N); >= 1",
+                   source="arXiv 2412.01981 evaluates N in {1, 2, 4, 8, 16, 32, 64}")
+    seed: int | None = param(None, "seed of candidate 0 (candidate i uses seed + i) when generate gets none")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass
+class RerankStats:
+    n: int = 0  # candidates sampled
+    scores: list[float] = field(default_factory=list)  # the scorer's score of each candidate, in sampling order
+    chosen: int = -1  # index of the returned candidate
+    candidates: list[list[int]] = field(default_factory=list)  # every candidate's new tokens
+    votes: dict[Any, float] = field(default_factory=dict)  # WeightedVote: summed weight per answer (else empty)
+    new_tokens: int = 0  # tokens sampled over all candidates
+    target_calls: int = 0  # model forward passes over all candidates (prefills included)
+    seconds: float = 0.0  # wall-clock time of sampling and scoring
+
+
+def sample_candidates(model: Any, prompt: list[int], max_new_tokens: int, cfg: Config, seed: int | None,
+                      eos_id: int | None, stats: RerankStats) -> list[list[int]]:
+    """N candidates from the plain sampling loop; candidate i uses seed + i (None: the global RNG)."""
+    sampling = Sampling(sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    seed = cfg.seed if seed is None else seed
+    out = []
+    for i in range(cfg.n):
+        gen = autoregressive(model, prompt, max_new_tokens, sampling, None if seed is None else seed + i, eos_id)
+        out.append(list(gen.tokens))
+        stats.new_tokens += gen.stats.new_tokens
+        stats.target_calls += gen.stats.target_calls
+    stats.n, stats.candidates = cfg.n, out
+    return out
+
+
+def checked_scores(scorer: Scorer, prompt: list[int], candidates: list[list[int]]) -> list[float]:
+    scores = [float(s) for s in scorer(prompt, candidates)]
+    if len(scores) != len(candidates):
+        raise ValueError(f"the scorer returned {len(scores)} scores for {len(candidates)} candidates")
+    if any(math.isnan(s) for s in scores):
+        raise ValueError(f"the scorer returned NaN: {scores}")
+    return scores
+
+
+def sigmoid(s: float) -> float:
+    return 1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s))
+
+
+def vote(answers: list[Hashable], weights: list[float]) -> tuple[Hashable, dict[Any, float]]:
+    """(the answer with the largest summed weight, ties: the answer seen first; the totals per answer)."""
+    totals: dict[Any, float] = {}
+    for a, w in zip(answers, weights):
+        totals[a] = totals.get(a, 0.0) + w
+    return max(totals, key=lambda a: totals[a]), totals
+
+
+class BestOfN:
+    """Sample ``cfg.n`` candidates, return the highest-scored one (ties: the earliest)."""
+
+    def __init__(self, scorer: Scorer, cfg: Config | None = None):
+        self.scorer, self.cfg = scorer, cfg or Config()
+
+    def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
+                 eos_id: int | None = None) -> Generation:
+        t0, stats = time.perf_counter(), RerankStats()
+        prompt = check_request(model, prompt, max_new_tokens)
+        cands = sample_candidates(model, prompt, max_new_tokens, self.cfg, seed, eos_id, stats)
+        stats.scores = checked_scores(self.scorer, prompt, cands)
+        stats.chosen = max(range(len(cands)), key=lambda i: (stats.scores[i], -i))
+        stats.seconds = time.perf_counter() - t0
+        return Generation(cands[stats.chosen], stats)
+
+
+class WeightedVote:
+    """Sample ``cfg.n`` candidates, sum ``transform(score)`` per final answer ``answer_of(tokens)``, and return
+    the best-scored candidate among those giving the winning answer.
+
+    ``transform`` "sigmoid" (implicit PRM weights, the official weighted vote) or "identity" (raw scores)."""
+
+    def __init__(self, scorer: Scorer, answer_of: Callable[[list[int]], Hashable], cfg: Config | None = None,
+                 transform: str = "sigmoid"):
+        if transform not in ("sigmoid", "identity"):
+            raise ValueError(f"transform {transform!r} is not one of ('sigmoid', 'identity')")
+        self.scorer, self.answer_of, self.cfg, self.transform = scorer, answer_of, cfg or Config(), transform
+
+    def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
+                 eos_id: int | None = None) -> Generation:
+        t0, stats = time.perf_counter(), RerankStats()
+        prompt = check_request(model, prompt, max_new_tokens)
+        cands = sample_candidates(model, prompt, max_new_tokens, self.cfg, seed, eos_id, stats)
+        stats.scores = checked_scores(self.scorer, prompt, cands)
+        answers = [self.answer_of(c) for c in cands]
+        weights = [sigmoid(s) if self.transform == "sigmoid" else s for s in stats.scores]
+        winner, stats.votes = vote(answers, weights)
+        stats.chosen = max((i for i, a in enumerate(answers) if a == winner), key=lambda i: (stats.scores[i], -i))
+        stats.seconds = time.perf_counter() - t0
+        return Generation(cands[stats.chosen], stats)
