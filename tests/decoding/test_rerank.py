@@ -8,7 +8,7 @@ from conftest import noisy_copy
 from lmlab.decoding.reference import Config as SampleConfig
 from lmlab.decoding.reference import Sample
 from lmlab.decoding.rerank import BestOfN, Config, WeightedVote
-from lmlab.objectives.implicit_prm import ImplicitPRM, as_scorer
+from lmlab.objectives.implicit_prm import ImplicitPRM, as_scorer, weighted_vote
 
 PROMPT = [3, 1, 4, 1, 5]
 
@@ -62,6 +62,8 @@ def test_weighted_vote_picks_the_larger_summed_sigmoid(target):
 
     gen = WeightedVote(favour_minority, answer_of, Config(n=8)).generate(target, PROMPT, 10, seed=5)
     assert answer_of(gen.tokens) == 1 - majority and gen.tokens in samples(target, 8, 5)
+    cands = samples(target, 8, 5)  # the decoder's vote agrees with the objectives family's helper
+    assert answer_of(gen.tokens) == weighted_vote(answers, favour_minority(PROMPT, cands))
     sig = lambda s: 1 / (1 + math.exp(-s))  # noqa: E731
     assert gen.stats.votes[1 - majority] == pytest.approx(answers.count(1 - majority) * sig(4.0))
     assert gen.stats.votes[majority] == pytest.approx(answers.count(majority) * sig(-4.0))
