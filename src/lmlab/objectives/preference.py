@@ -62,7 +62,12 @@ def naive_response_logprob(model: LM, prompt: list[int], response: list[int]) ->
 
 
 def naive_sequence_logprob(model: LM, prompt: list[int], response: list[int]) -> float:
-    return float(naive_response_logprob(model, prompt, response))
+    """The same sum as a Python float, accumulated in double precision (no rounding of its own)."""
+    total = 0.0
+    for i, tok in enumerate(response):
+        prefix = torch.tensor([prompt + response[:i]])
+        total += float(F.log_softmax(model(prefix)[0, -1].float(), dim=-1)[tok])
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------- losses
