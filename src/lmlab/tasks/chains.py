@@ -160,6 +160,37 @@ def inject_error(prompt: str, answer: str | list[Step], cfg: Config, index: int 
     return format_steps(edited), index
 
 
+# RISE's error taxonomy on this substrate (training.md 2.6: value error, symbol flip, wrong operand, deleted term)
+ERROR_KINDS = ("value", "symbol", "operand", "delete")
+
+
+def edit_step(step: Step, kind: str, cfg: Config, rng: random.Random) -> Step:
+    """Step ``a op d = c`` turned into a subtle error of ``kind``, wrong given its inputs; every kind but "value"
+    keeps the written arithmetic self-consistent (the error is in what was computed, not how):
+
+        value    a op d = c'           a wrong result (c' != c)
+        symbol   a op' d = (a op' d)   the other operator ('+' <-> '-'), computed correctly
+        operand  a op d' = (a op d')   another right operand (a wrong substitution), computed correctly
+        delete   a op d = a            the term dropped: the input carried through unchanged (needs a op d != a)
+
+    Raises ValueError when the kind cannot make this step wrong (e.g. "delete" on ``a + 0``)."""
+    a, op, d, c = step
+    m = cfg.modulus
+    if kind == "value":
+        return a, op, d, (c + rng.randint(1, m - 1)) % m
+    if kind == "symbol":
+        flipped = "-" if op == "+" else "+"
+        return a, flipped, d, apply_mod(a, flipped, d, m)
+    if kind == "operand":
+        d2 = (d + rng.randint(1, m - 1)) % m
+        return a, op, d2, apply_mod(a, op, d2, m)
+    if kind == "delete":
+        if a == c:
+            raise ValueError(f"a deleted term leaves step {format_steps([step])} unchanged (its operation is a no-op)")
+        return a, op, d, a
+    raise ValueError(f"error kind {kind!r} is unknown; expected one of {', '.join(ERROR_KINDS)}")
+
+
 class ChainTask:
     """Seeded chains (``generate``), strict verifier (every step right) and the per-step tools above."""
 
