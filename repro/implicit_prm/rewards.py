@@ -49,19 +49,53 @@ def ref_sums(reference: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     return torch.cat([sequence_logprobs(reference, ids[i:i + 512], mask[i:i + 512]) for i in range(0, len(ids), 512)])
 
 
-def train_ce(policy: torch.nn.Module, ro: Rollouts, cfg: dict, seed: int, per_prompt: int | None = None):
+def early_stopped(model: torch.nn.Module, objective: Any, tensors: dict, cfg: dict, lr: float, epochs: float,
+                  seed: int, val_score: Any) -> tuple[torch.nn.Module, dict]:
+    """Train for ``epochs``, scoring ``val_score(model)`` (validation BoN) at ``cfg["val_snapshots"]`` evenly
+    spaced steps; keep the best snapshot (ties: the later one, closer to the full schedule)."""
+    n = next(iter(tensors.values())).shape[0]
+    steps = steps_for(n, cfg["rm_batch"], epochs)
+    at = {max(1, round(steps * (i + 1) / cfg["val_snapshots"])) for i in range(cfg["val_snapshots"])}
+    grid: list[dict] = []
+    best: list = []
+
+    def snap(tr, rec):
+        if rec["step"] in at:
+            score = val_score(model)
+            model.train()
+            grid.append({"step": rec["step"], "val_bon": score})
+            if not best or score >= best[0]:
+                best[:] = [score, rec["step"], copy.deepcopy(model.state_dict())]
+
+    hist = fit(model, objective, tensors, cfg, lr, epochs, seed, hooks=[snap])
+    model.load_state_dict(best[2])
+    return model.eval(), {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "steps": steps,
+                          "stop_step": best[1], "val_bon": best[0], "val_grid": grid}
+
+
+def prm_val_score(reference: torch.nn.Module, val: Rollouts, ends: list[list[int]], beta: float):
+    """Validation BoN accuracy of an implicit PRM with the min of its single step rewards."""
+    def score(model: torch.nn.Module) -> float:
+        model.eval()
+        mins = [float(r.min()) for r in prm_step_rewards(model, reference, val, ends, beta)]
+        return bon_accuracy(mins, val.final_ok, val.n)
+    return score
+
+
+def train_ce(policy: torch.nn.Module, ro: Rollouts, cfg: dict, seed: int, val_score: Any,
+             per_prompt: int | None = None):
     """Implicit PRM with the CE loss on every rollout (or the first ``per_prompt`` of each prompt)."""
     rows = torch.arange(len(ro.strict)) if per_prompt is None else \
         torch.tensor([r for r in range(len(ro.strict)) if r % ro.n < per_prompt])
     ids, mask = ro.ids[rows], ro.response_mask[rows]
     label = torch.tensor([float(ro.strict[r]) for r in rows.tolist()])
     tensors = {"ids": ids, "response_mask": mask, "label": label, "ref_logp": ref_sums(policy, ids, mask)}
-    model = copy.deepcopy(policy).train()
-    hist = fit(model, CEReward(CEConfig(beta=cfg["beta"])), tensors, cfg, cfg["prm_lr"], cfg["prm_epochs"], seed)
-    return model.eval(), {"rows": len(rows), "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"]}
+    model, info = early_stopped(copy.deepcopy(policy).train(), CEReward(CEConfig(beta=cfg["beta"])), tensors, cfg,
+                                cfg["prm_lr"], cfg["prm_epochs"], seed, val_score)
+    return model, {"rows": len(rows)} | info
 
 
-def train_dpo(policy: torch.nn.Module, ro: Rollouts, cfg: dict, seed: int):
+def train_dpo(policy: torch.nn.Module, ro: Rollouts, cfg: dict, seed: int, val_score: Any):
     """Implicit PRM with the DPO loss on every correct x wrong pair of a prompt's rollouts."""
     pairs, counts = dpo_pairs([r // ro.n for r in range(len(ro.strict))], ro.strict)
     if not pairs:
@@ -70,10 +104,9 @@ def train_dpo(policy: torch.nn.Module, ro: Rollouts, cfg: dict, seed: int):
     sums = ref_sums(policy, ro.ids, ro.response_mask)
     tensors = {"chosen_ids": ro.ids[w], "chosen_mask": ro.response_mask[w], "rejected_ids": ro.ids[lo],
                "rejected_mask": ro.response_mask[lo], "ref_chosen": sums[w], "ref_rejected": sums[lo]}
-    model = copy.deepcopy(policy).train()
-    hist = fit(model, DPO(DPOConfig(beta=cfg["beta"])), tensors, cfg, cfg["prm_lr"], cfg["dpo_epochs"], seed)
-    return model.eval(), {"pairs": counts.pairs, "kept_prompts": counts.kept, "loss_first": hist[0]["loss"],
-                          "loss_last": hist[-1]["loss"]}
+    model, info = early_stopped(copy.deepcopy(policy).train(), DPO(DPOConfig(beta=cfg["beta"])), tensors, cfg,
+                                cfg["prm_lr"], cfg["dpo_epochs"], seed, val_score)
+    return model, {"pairs": counts.pairs, "kept_prompts": counts.kept} | info
 
 
 @torch.no_grad()

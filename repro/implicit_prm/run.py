@@ -54,10 +54,12 @@ def seed_job(cfg: dict, seed: int) -> dict[str, Any]:
     log(f"seed {seed}: training rollouts strictly correct {out['train_rollout_strict_acc']:.3f}, test pass@1 "
         f"{out['pass1']:.3f} ({time.perf_counter() - t0:.0f} s)")
     ends = ex.step_ends(test, comma_id)
-    models = {"ce": rw.train_ce(policy, train, cfg, seed), "dpo": rw.train_dpo(policy, train, cfg, seed),
-              "ce1": rw.train_ce(policy, train, cfg, seed, per_prompt=1)}
+    score = rw.prm_val_score(policy, val, ex.step_ends(val, comma_id), cfg["beta"])
+    models = {"ce": rw.train_ce(policy, train, cfg, seed, score), "dpo": rw.train_dpo(policy, train, cfg, seed, score),
+              "ce1": rw.train_ce(policy, train, cfg, seed, score, per_prompt=1)}
     for name, (model, info) in models.items():
-        out |= {f"{name}_{k}": v for k, v in info.items()}
+        out |= {f"{name}_{k}": v for k, v in info.items() if k != "val_grid"}
+        out[f"{name}_val_grid"] = info["val_grid"]
         rewards = rw.prm_step_rewards(model, policy, test, ends, cfg["beta"])
         out |= ev.prm_metrics(name, test, rewards, cfg["beta"])
         if name == "ce":
@@ -75,7 +77,8 @@ def seed_job(cfg: dict, seed: int) -> dict[str, Any]:
 
 
 PERCENT = ("pass1", "pass1_strict", "passN", "majority", "bon_", "wmaj_", "fe_ce", "fe_dpo", "fe_ce1",
-           "train_rollout_strict_acc", "sft_greedy_acc", "orm_val_bon")
+           "train_rollout_strict_acc", "sft_greedy_acc", "orm_val_bon", "ce_val_bon", "dpo_val_bon",
+           "ce1_val_bon")
 
 
 def summarise(cfg: dict, runs: list[dict]) -> dict[str, Any]:
@@ -89,7 +92,8 @@ def summarise(cfg: dict, runs: list[dict]) -> dict[str, Any]:
         for s, x in zip(cfg["seeds"], vals):
             m[f"{key}_s{s}"] = x
     for s, r in zip(cfg["seeds"], runs):
-        m[f"orm_grid_s{s}"] = r["orm_grid"]
+        for key in ("orm_grid", "ce_val_grid", "dpo_val_grid", "ce1_val_grid"):
+            m[f"{key}_s{s}"] = r[key]
     m["wmaj_ce_min_minus_majority"] = m["wmaj_ce_min"] - m["majority"]
     m["bon_ce_min_minus_pass1"] = m["bon_ce_min"] - m["pass1"]
     m["bon_ce_min_minus_orm"] = m["bon_ce_min"] - m["bon_orm"]
