@@ -2,7 +2,8 @@
 
 Implicit PRM: a copy of the SFT policy trained with ``objectives.dpo.CEReward`` or ``DPO`` (summed response
 log-ratios against the frozen SFT policy, whose log-probs are computed once), scored with
-``objectives.implicit_prm.ImplicitPRM``. ORM baseline: a copy of the SFT policy whose value is the logit of the
+``objectives.implicit_prm.ImplicitPRM``; each keeps the training snapshot with the best validation best-of-N
+(``early_stopped``). ORM baseline: a copy of the SFT policy whose value is the logit of the
 ``<mask>`` token at the last response position (the ``<eos>``, which has seen the whole response), fine-tuned end
 to end with BCE on the same strict labels. ``<mask>`` never occurs in a causal model's input, so its row of the
 (tied) embedding is used only by the output head; it is zeroed before training, so every value starts at 0 (a
