@@ -160,11 +160,45 @@ def image_diffusion_setup() -> tuple[torch.nn.Module, Any]:
     return model, ExampleBatches({"images": images, "labels": labels}, batch_size=4)
 
 
+def response_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids (n, 12) of vocabulary 23 and response masks (positions 5.. of each row)."""
+    ids = torch.randint(0, 23, (n, 12), generator=torch.Generator().manual_seed(seed))
+    mask = torch.zeros(n, 12, dtype=torch.bool)
+    mask[:, 5:] = True
+    return ids, mask
+
+
+def preference_setup() -> tuple[torch.nn.Module, Any]:
+    """A causal Transformer and chosen/rejected pairs with constant cached reference log-probs."""
+    from lmlab.core.data import ExampleBatches
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=23, dim=32, n_layers=2, n_heads=4, max_seq_len=32))
+    (ci, cm), (ri, rm) = response_rows(32, 2), response_rows(32, 3)
+    ref = torch.full((32,), -30.0)
+    return model, ExampleBatches({"chosen_ids": ci, "chosen_mask": cm, "rejected_ids": ri, "rejected_mask": rm,
+                                  "ref_chosen": ref, "ref_rejected": ref}, batch_size=4)
+
+
+def outcome_reward_setup() -> tuple[torch.nn.Module, Any]:
+    """A causal Transformer and responses with 0/1 labels and constant cached reference log-probs."""
+    from lmlab.core.data import ExampleBatches
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=23, dim=32, n_layers=2, n_heads=4, max_seq_len=32))
+    ids, mask = response_rows(32, 2)
+    label = (torch.arange(32) % 2).float()
+    return model, ExampleBatches({"ids": ids, "response_mask": mask, "label": label,
+                                  "ref_logp": torch.full((32,), -30.0)}, batch_size=4)
+
+
 # objective caps -> (model, batch source) builder; an objective whose caps are not a key here has no fixture
 OBJECTIVE_SETUPS = {
     frozenset(): causal_setup,
     frozenset({"bidirectional"}): bidirectional_setup,
     frozenset({"image", "diffusion"}): image_diffusion_setup,
+    frozenset({"preference"}): preference_setup,
+    frozenset({"outcome-reward"}): outcome_reward_setup,
 }
 
 

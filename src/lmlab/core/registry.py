@@ -26,6 +26,9 @@ CAPS: dict[str, str] = {
     "bidirectional": "trains or runs a bidirectional (mask='bidirectional') Transformer on ids + src_mask",
     "image": "works on images (N, C, H, W) with class labels",
     "diffusion": "a diffusion model or loss over noise levels (timesteps)",
+    "preference": "loss on chosen/rejected response pairs with reference log-probs (ref_chosen, ref_rejected)",
+    "outcome-reward": "loss on single responses with 0/1 outcome labels and reference log-probs (ref_logp)",
+    "scorer": "objectives entry that scores responses (no training loss): no Trainer contract applies",
 }
 
 
