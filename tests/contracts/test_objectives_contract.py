@@ -41,7 +41,7 @@ def trainer(name: str, run_dir: Path, dies_at: int | None = None) -> Trainer:
     return Trainer(model, make_objective(name), data, cfg, model_config={"objective": name})
 
 
-TRAINABLE = [n for n in names_of("objectives") if "scorer" not in OBJECTIVES.entry(n).caps]
+TRAINABLE = [n for n in names_of("objectives") if not {"scorer", "data"} & set(OBJECTIVES.entry(n).caps)]
 
 
 @pytest.mark.parametrize("name", TRAINABLE)

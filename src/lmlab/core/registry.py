@@ -29,6 +29,7 @@ CAPS: dict[str, str] = {
     "preference": "loss on chosen/rejected response pairs with reference log-probs (ref_chosen, ref_rejected)",
     "outcome-reward": "loss on single responses with 0/1 outcome labels and reference log-probs (ref_logp)",
     "scorer": "objectives entry that scores responses (no training loss): no Trainer contract applies",
+    "data": "objectives entry that builds training data (no training loss): no Trainer contract applies",
 }
 
 

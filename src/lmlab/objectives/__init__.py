@@ -27,4 +27,7 @@ REGISTRY = Registry("objectives", {
                           status="experimental",
                           summary="step rewards from a (policy, reference) pair: diffs of beta * cumulative log-ratio",
                           config="lmlab.objectives.implicit_prm:Config", caps=("scorer",)),
+    "rise": Entry("lmlab.objectives.rise:build_pairs", paper="arXiv:2410.06638", status="experimental",
+                  summary="RISE pairs: self-sampled full pairs plus error-injected step pairs, for DPO + NLL",
+                  config="lmlab.objectives.rise:Config", caps=("data",)),
 })
