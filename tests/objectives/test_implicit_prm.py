@@ -26,18 +26,9 @@ from lmlab.objectives.implicit_prm import (
     weighted_vote,
 )
 from lmlab.objectives.preference import naive_sequence_logprob, token_logprobs
+from lmlab.objectives.preference import response_batch as batch
 
 ROWS = [([1, 2, 3], [4, 5, 6, 7, 8]), ([7], [8, 9, 10, 11, 12, 13]), ([5, 5, 5, 5], [6, 2])]
-
-
-def batch(rows, pad: int = 0):
-    T = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), T), pad)
-    mask = torch.zeros(len(rows), T, dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        mask[i, len(p): len(p) + len(r)] = True
-    return ids, mask
 
 
 def model(cfg, seed: int) -> Transformer:

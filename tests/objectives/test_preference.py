@@ -21,16 +21,7 @@ from lmlab.objectives.preference import (
     sequence_logprobs,
     token_logprobs,
 )
-
-
-def batch(rows: list[tuple[list[int], list[int]]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), T), pad)
-    mask = torch.zeros(len(rows), T, dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        mask[i, len(p): len(p) + len(r)] = True
-    return ids, mask
+from lmlab.objectives.preference import response_batch as batch
 
 
 def test_sequence_logprobs_equal_the_naive_per_token_reference(tiny_cfg):

@@ -41,7 +41,7 @@ import torch
 from lmlab.core.config import param
 from lmlab.core.lm import require_lm
 
-from .preference import token_logprobs
+from .preference import response_batch, token_logprobs
 
 TRAIN_BETA = 0.05  # official training beta (train/tasks/run_ce.sh, run_dpo.sh)
 EVAL_COEF = 0.001  # official scoring coefficient (eval/prm_eval_utils.py)
@@ -179,12 +179,7 @@ def as_scorer(prm: ImplicitPRM, sep_ids: Sequence[int] = (), pad_id: int = 0
     def scorer(prompt_ids: list[int], candidates: list[list[int]]) -> list[float]:
         if not prompt_ids or not candidates or any(len(c) == 0 for c in candidates):
             raise ValueError("the scorer needs a non-empty prompt and at least one non-empty candidate")
-        T = len(prompt_ids) + max(len(c) for c in candidates)
-        ids = torch.full((len(candidates), T), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(candidates), T, dtype=torch.bool)
-        for i, c in enumerate(candidates):
-            ids[i, : len(prompt_ids) + len(c)] = torch.tensor(list(prompt_ids) + list(c))
-            mask[i, len(prompt_ids): len(prompt_ids) + len(c)] = True
+        ids, mask = response_batch([(prompt_ids, c) for c in candidates], pad_id)
         ids = ids.to(prm.policy.device)
         return prm.score(ids, mask, step_ends_from_separator(ids, mask, sep_ids))
 

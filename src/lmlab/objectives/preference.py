@@ -38,6 +38,18 @@ def check_mask(ids: torch.Tensor, response_mask: torch.Tensor) -> None:
         raise ValueError(f"rows {empty[:5]} have an empty response (response_mask all False)")
 
 
+def response_batch(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``ids`` (B, T) of prompt + response rows and their ``response_mask`` (B, T)."""
+    T = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        mask[i, len(p): len(p) + len(r)] = True
+    return ids, mask
+
+
 def token_logprobs(model: LM, ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """log pi(ids[:, t] | ids[:, :t]) for t = 1..T-1 on response tokens, 0 elsewhere: (B, T - 1), float32."""
     check_mask(ids, response_mask)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmlab.core.config import param
+from lmlab.objectives.preference import response_batch
 from lmlab.tasks import chains
 
 GIVEAWAY = ["incorrect", "wrong", "mistake", "mistakenly", "error", "let's correct"]  # official filter (2.2 step 6)
@@ -163,11 +164,5 @@ def encode_pairs(pairs: Sequence[Pair], encode: Callable[[str], list[int]], sep:
     out = {}
     for name in ("chosen", "rejected"):
         rows = [side(p, getattr(p, name)) for p in pairs]
-        T = max(len(ids) for ids, _ in rows)
-        ids_t = torch.zeros(len(rows), T, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool)
-        for i, (ids, start) in enumerate(rows):
-            ids_t[i, : len(ids)] = torch.tensor(ids)
-            mask[i, start: len(ids)] = True
-        out[f"{name}_ids"], out[f"{name}_mask"] = ids_t, mask
+        out[f"{name}_ids"], out[f"{name}_mask"] = response_batch([(ids[:start], ids[start:]) for ids, start in rows])
     return out
