@@ -310,3 +310,18 @@ def test_a_layer_skip_draft_of_an_adapted_model_runs_its_adapter_and_decoding_st
     assert not torch.allclose(draft(x), plain_view)  # the view runs the active adapter in its kept layer
     ref = Greedy().generate(model, prompt, 12).tokens
     assert ChainSpeculative(draft=draft).generate(model, prompt, 12).tokens == ref
+
+
+def test_base_view_runs_the_base_without_a_copy(base, ids):
+    want = base(ids)
+    adapted = adapters.apply(copy.deepcopy(base), lora(rank=4))
+    randomise_b(adapted)
+    view = adapted.base_view()
+    with torch.no_grad():
+        assert torch.equal(view(ids), want)  # the adapter is off inside the view
+        assert not torch.allclose(adapted(ids), want)  # and back on outside it
+    assert adapted.active == "default" and list(view.parameters()) == []
+    assert view.vocab_size == base.vocab_size and view.n_layers == base.n_layers
+    adapted.merge()
+    with pytest.raises(ValueError, match="unmerge"):
+        view(ids)

@@ -51,9 +51,12 @@ def make_decoder(name: str, *, draft: Any = None, sampling: Sampling | None = No
     """A decoder from its registry line (``lmlab.decoding.build``), with the sampling settings put into its config.
 
     ``sampling`` goes into the config's ``sampling`` field, or into its temperature / top_k / top_p fields
-    (plain sampling); ``overrides`` are further config fields.
+    (plain sampling); ``overrides`` are further config fields. A "rerank" decoder gets ``token_sum_scorer`` and
+    n = 3 candidates unless ``overrides`` sets n.
     """
     cfg_cls = DECODING.config(name)
+    if "rerank" in DECODING.entry(name).caps:
+        overrides.setdefault("n", 3)
     if cfg_cls is None:
         if sampling is not None or overrides:
             raise ValueError(f"decoder {name!r} has no config; cannot set {sampling=} {overrides=}")
@@ -70,7 +73,14 @@ def make_decoder(name: str, *, draft: Any = None, sampling: Sampling | None = No
     unknown = set(kw) - fields
     if unknown:
         raise ValueError(f"decoder {name!r}: config {cfg_cls.__name__} has no fields {sorted(unknown)}")
-    return build_decoder(name, cfg_cls(**kw), draft=draft if "draft" in DECODING.entry(name).caps else None)
+    caps = DECODING.entry(name).caps
+    return build_decoder(name, cfg_cls(**kw), draft=draft if "draft" in caps else None,
+                         **({"scorer": token_sum_scorer} if "rerank" in caps else {}))
+
+
+def token_sum_scorer(prompt: list[int], candidates: list[list[int]]) -> list[float]:
+    """A deterministic scorer for "rerank" decoders: the sum of a candidate's token ids."""
+    return [float(sum(c)) for c in candidates]
 
 
 # ---------------------------------------------------------------- compressors

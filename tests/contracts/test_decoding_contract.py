@@ -12,6 +12,7 @@ from conftest import make_decoder, names_with, tiny_lm
 from scipy.stats import chisquare
 
 from lmlab.decoding import REGISTRY as DECODING
+from lmlab.decoding import build as build_decoder
 from lmlab.decoding.base import Sampling
 from lmlab.decoding.drafts import layer_skip
 from lmlab.decoding.reference import Greedy
@@ -161,3 +162,20 @@ def test_sampling_decoders_draw_from_the_target_distribution(name):
     assert dec.generate(target, PROMPT, 3, seed=7).tokens == dec.generate(target, PROMPT, 3, seed=7).tokens
     p = fit_pvalue(sampled_pairs(dec, target), exact_pairs(target, PROMPT, TEMPERATURE))
     assert p > P_MIN, f"{name}: first two tokens do not follow the target distribution (p = {p:.2g})"
+
+
+# ---------------------------------------------------------------- rerank
+
+RERANK = names_with("decoding", "rerank")
+
+
+@pytest.mark.parametrize("name", RERANK)
+def test_rerank_decoders_with_one_candidate_are_plain_sampling(name):
+    """N = 1: whatever the scorer says, the one candidate is the sampling decoder's draw for the seed."""
+    target = sampling_target()
+    cfg = DECODING.config(name)(n=1, temperature=TEMPERATURE)
+    dec = build_decoder(name, cfg, scorer=lambda prompt, cands: [-1.0] * len(cands))
+    plain = make_decoder("sample", sampling=Sampling(sample=True, temperature=TEMPERATURE))
+    draws = [dec.generate(target, PROMPT, 3, seed=s).tokens for s in range(6)]
+    assert draws == [plain.generate(target, PROMPT, 3, seed=s).tokens for s in range(6)]
+    assert len({tuple(d) for d in draws}) > 1

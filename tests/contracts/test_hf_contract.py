@@ -1,7 +1,7 @@
 """The "hf" contract: a method tagged "hf" runs on a Hugging Face LlamaForCausalLM wrapped in HFCausalLM.
 
 Decoders give the same tokens as on the equivalent lmlab Transformer (greedy, and seeded sampling for the
-"sampling" ones); compressors fit and leave a model with finite logits of the right shape.
+"sampling" and "rerank" ones); compressors fit and leave a model with finite logits of the right shape.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ def draft_pairs(name: str, target: torch.nn.Module, hf_target: HFCausalLM) -> li
 def modes(name: str) -> list[Sampling]:
     caps = DECODING.entry(name).caps
     return ([Sampling()] if "greedy-lossless" in caps else []) + \
-        ([Sampling(sample=True, temperature=0.7)] if "sampling" in caps else [])
+        ([Sampling(sample=True, temperature=0.7)] if "sampling" in caps or "rerank" in caps else [])
 
 
 @pytest.mark.parametrize("name", HF_DECODERS)
 def test_hf_decoders_match_the_lmlab_twin(name):
     target = tiny_lm(0)
     hf_target = hf_twin(target)
-    assert modes(name), f"decoder {name!r} is tagged hf but neither greedy-lossless nor sampling"
+    assert modes(name), f"decoder {name!r} is tagged hf but neither greedy-lossless, sampling nor rerank"
     for sampling in modes(name):
         for draft, hf_draft in draft_pairs(name, target, hf_target):
             dec = make_decoder(name, draft=draft, sampling=sampling if sampling.sample else None)

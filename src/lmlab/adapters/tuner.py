@@ -264,11 +264,38 @@ class AdaptedModel(nn.Module):
                     layer.adapters[name].load_state_dict(
                         {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
+    def base_view(self) -> BaseView:
+        """The base model as an LM of its own, sharing the weights: the frozen reference of a DPO or implicit-PRM
+        pair trained with adapters (``ImplicitPRM(adapted, adapted.base_view())``), with no second copy."""
+        return BaseView(self)
+
     def counts(self, name: str | None = None) -> dict[str, int]:
         """Trainable parameters of adapter ``name`` and the total of base + that adapter."""
         trainable = sum(v.numel() for v in self.adapter_state_dict(name).values())
         base = sum(p.numel() for n, p in self.base.named_parameters() if ".adapters." not in n)
         return {"trainable": trainable, "total": base + trainable}
+
+
+class BaseView(nn.Module):
+    """An ``AdaptedModel`` run with no adapter active, call by call (the active one is restored after each).
+
+    It owns no parameters (the adapted model is not registered as a submodule), so it adds nothing to an optimizer
+    or a state dict; attributes (vocab_size, device, new_cache, ...) pass through. A merged adapter cannot be
+    switched off: calls then raise ``set_active``'s error naming ``unmerge()``."""
+
+    def __init__(self, adapted: AdaptedModel):
+        super().__init__()
+        self.__dict__["adapted"] = adapted  # plain attribute: not a submodule
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["adapted"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.__dict__["adapted"].using(None):
+            return self.__dict__["adapted"](*args, **kwargs)
 
 
 def apply(model: nn.Module, cfg: Config, name: str = "default") -> AdaptedModel:

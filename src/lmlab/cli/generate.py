@@ -4,11 +4,13 @@
     lmlab generate --model smollm2-135m --chat --prompt "Name three rivers." --decoder gsd --draft skip:odd
     lmlab generate --model runs/big --decoder chain_sd --draft runs/small --sample --temperature 0.8
     lmlab generate --model runs/big --decoder gsd --draft runs/small --set depth=6 --set merge_context=0
+    lmlab generate --model runs/prm-adapter --decoder best_of_n --set n=16 --scorer implicit:runs/prm-adapter
 
 ``--model`` is a run folder of ``lmlab train``, a saved model folder, a Hugging Face folder, a ``.gguf`` file or
 a known name (``smollm2-135m``). ``--decoder`` is a decoding registry name (``lmlab list decoding``).
 ``--draft`` is another model with the same tokenizer or a layer-skip spec (``skip:0,2,4``, ``skip:3-9``,
 ``skip:odd``). ``--set key=value`` overrides a field of the decoder's config (``lmlab info gsd`` lists them).
+``best_of_n`` / ``weighted_vote`` sample ``n`` candidates and pick by ``--scorer`` (``lmlab.recipes.scorers``).
 Prints the text, then the decoding stats. The library call is ``lmlab.recipes.generate.generate_text``.
 """
 
@@ -35,7 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stop", action="store_true", help="do not stop at the tokenizer's end-of-text token")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default $LMLAB_THREADS or 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="decoder config override, e.g. depth=6 or budget=24")
+                   help="decoder config override, e.g. depth=6, budget=24 or n=16")
+    p.add_argument("--scorer", default=None, help="best_of_n / weighted_vote: implicit:ADAPTER, "
+                   "implicit:POLICY,REFERENCE (implicit PRM) or likelihood")
+    p.add_argument("--scorer-set", dest="scorer_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="implicit PRM config override, e.g. aggregation=sum or beta=0.001")
+    p.add_argument("--step-sep", default=None, help="text ending a reasoning step (one token, e.g. a newline)")
+    p.add_argument("--answer", default=None, help="weighted_vote: regular expression of the final answer "
+                   "(its first group if any); default: whole continuations vote")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     text, stats = generate_text(args.model, args.prompt, decoder=args.decoder, draft=args.draft, chat=args.chat,
                                 max_new_tokens=args.max_new_tokens, sample=args.sample,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                overrides=args.overrides, seed=args.seed, stop_at_eos=not args.no_stop)
+                                overrides=args.overrides, seed=args.seed, stop_at_eos=not args.no_stop,
+                                scorer=args.scorer, scorer_overrides=args.scorer_overrides,
+                                step_sep=args.step_sep, answer=args.answer)
     print(text)
     print()
     for k, v in stats.summary().items():

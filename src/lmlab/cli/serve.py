@@ -24,7 +24,7 @@ from lmlab.decoding import token_decoders
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="run folder, model folder, Hugging Face folder, .gguf or a known name (smollm2-135m)")
-    p.add_argument("--decoder", choices=token_decoders(), default="greedy",
+    p.add_argument("--decoder", choices=token_decoders(rerank=False), default="greedy",
                    help="decoding registry name; temperature 0 requests decode greedily, > 0 sample")
     p.add_argument("--draft", default=None, help="draft model (same tokenizer) or skip:0,2,4 (chain_sd/tree_sd/gsd)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -21,6 +21,7 @@ CAPS: dict[str, str] = {
     "sampling": "decoder that samples exactly from core.sampling.probs of the target's logits",
     "greedy-lossless": "decoder whose greedy output is token-identical to plain greedy decoding",
     "draft": "decoder that takes a draft model: cls(cfg, draft=draft)",
+    "rerank": "decoder that samples N candidates and picks by a scorer: cls(cfg, scorer=scorer)",
     "calibration": "compressor that needs calibration token ids (N, T) in fit(model, calib)",
     "save": "compressor whose output round-trips compression.saving.save_quantized / load_quantized",
     "bidirectional": "trains or runs a bidirectional (mask='bidirectional') Transformer on ids + src_mask",

@@ -6,9 +6,11 @@ sampling decoder itself. Any scorer plugs in through ``Scorer``: a reward model,
 (``objectives.implicit_prm.as_scorer``). The official implicit-PRM evaluation (arXiv 2412.01981) uses both
 selections: best-of-N argmax, and a vote summing ``sigmoid(score)`` per distinct final answer.
 
-    pick = BestOfN(scorer, Config(n=16, temperature=0.5)).generate(model, prompt, 64, seed=0)
-    vote = WeightedVote(scorer, answer_of, Config(n=16)).generate(model, prompt, 64, seed=0)
+    pick = BestOfN(Config(n=16, temperature=0.5), scorer=scorer).generate(model, prompt, 64, seed=0)
+    vote = WeightedVote(VoteConfig(n=16), scorer=scorer, answer_of=answer_of).generate(model, prompt, 64, seed=0)
     pick.tokens, pick.stats.scores, pick.stats.chosen
+
+Registered as ``best_of_n`` and ``weighted_vote`` (cap "rerank"): ``decoding.build("best_of_n", scorer=scorer)``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from lmlab.core.config import param
 from .base import Generation, Sampling, SamplingParams
 from .loop import check_request
 from .reference import autoregressive
+
+WEIGHTS = ("sigmoid", "identity")
 
 
 class Scorer(Protocol):
@@ -46,6 +50,20 @@ class Config(SamplingParams):
             raise ValueError(f"n must be >= 1, got {self.n}")
 
 
+@dataclass(kw_only=True)
+class VoteConfig(Config):
+    """Best-of-N's sampling plus how a score becomes a vote weight."""
+
+    weight: str = param("sigmoid", "vote weight of a candidate: sigmoid(score) (implicit PRM, the official vote) "
+                        "or the raw score (identity)", choices=WEIGHTS,
+                        source="eval/prm_eval_utils.py of arXiv 2412.01981")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weight not in WEIGHTS:
+            raise ValueError(f"weight {self.weight!r} is not one of {WEIGHTS}")
+
+
 @dataclass
 class RerankStats:
     n: int = 0  # candidates sampled
@@ -56,6 +74,18 @@ class RerankStats:
     new_tokens: int = 0  # tokens sampled over all candidates
     target_calls: int = 0  # model forward passes over all candidates (prefills included)
     seconds: float = 0.0  # wall-clock time of sampling and scoring
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, the chosen index, its score and the votes (for logs and ``lmlab generate``)."""
+        out: dict[str, Any] = {"n": self.n, "chosen": self.chosen, "new_tokens": self.new_tokens,
+                               "target_calls": self.target_calls, "seconds": self.seconds}
+        if self.scores:
+            out |= {"chosen_score": self.scores[self.chosen], "best_score": max(self.scores),
+                    "worst_score": min(self.scores)}
+        if self.votes:
+            out |= {"answers": len(self.votes), "winning_votes": max(self.votes.values()),
+                    "total_votes": sum(self.votes.values())}
+        return out
 
 
 def sample_candidates(model: Any, prompt: list[int], max_new_tokens: int, cfg: Config, seed: int | None,
@@ -94,11 +124,18 @@ def vote(answers: list[Hashable], weights: list[float]) -> tuple[Hashable, dict[
     return max(totals, key=lambda a: totals[a]), totals
 
 
+def check_scorer(scorer: Any) -> Scorer:
+    if not callable(scorer):
+        raise TypeError(f"scorer must be callable as scorer(prompt_ids, candidates) -> list[float], got "
+                        f"{type(scorer).__name__}")
+    return scorer
+
+
 class BestOfN:
     """Sample ``cfg.n`` candidates, return the highest-scored one (ties: the earliest)."""
 
-    def __init__(self, scorer: Scorer, cfg: Config | None = None):
-        self.scorer, self.cfg = scorer, cfg or Config()
+    def __init__(self, cfg: Config | None = None, *, scorer: Scorer):
+        self.scorer, self.cfg = check_scorer(scorer), cfg or Config()
 
     def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
                  eos_id: int | None = None) -> Generation:
@@ -111,17 +148,24 @@ class BestOfN:
         return Generation(cands[stats.chosen], stats)
 
 
+def whole_answer(tokens: list[int]) -> tuple[int, ...]:
+    """The default final answer of a candidate: all of its tokens (a vote over exact continuations)."""
+    return tuple(tokens)
+
+
 class WeightedVote:
-    """Sample ``cfg.n`` candidates, sum ``transform(score)`` per final answer ``answer_of(tokens)``, and return
+    """Sample ``cfg.n`` candidates, sum ``weight(score)`` per final answer ``answer_of(tokens)``, and return
     the best-scored candidate among those giving the winning answer.
 
-    ``transform`` "sigmoid" (implicit PRM weights, the official weighted vote) or "identity" (raw scores)."""
+    ``cfg.weight`` "sigmoid" (implicit PRM weights, the official weighted vote) or "identity" (raw scores);
+    ``answer_of`` defaults to the whole continuation (pass an answer extractor for reasoning chains)."""
 
-    def __init__(self, scorer: Scorer, answer_of: Callable[[list[int]], Hashable], cfg: Config | None = None,
-                 transform: str = "sigmoid"):
-        if transform not in ("sigmoid", "identity"):
-            raise ValueError(f"transform {transform!r} is not one of ('sigmoid', 'identity')")
-        self.scorer, self.answer_of, self.cfg, self.transform = scorer, answer_of, cfg or Config(), transform
+    def __init__(self, cfg: VoteConfig | None = None, *, scorer: Scorer,
+                 answer_of: Callable[[list[int]], Hashable] = whole_answer):
+        if not callable(answer_of):
+            raise TypeError(f"answer_of must be callable as answer_of(tokens) -> answer, got "
+                            f"{type(answer_of).__name__}")
+        self.scorer, self.answer_of, self.cfg = check_scorer(scorer), answer_of, cfg or VoteConfig()
 
     def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
                  eos_id: int | None = None) -> Generation:
@@ -130,7 +174,7 @@ class WeightedVote:
         cands = sample_candidates(model, prompt, max_new_tokens, self.cfg, seed, eos_id, stats)
         stats.scores = checked_scores(self.scorer, prompt, cands)
         answers = [self.answer_of(c) for c in cands]
-        weights = [sigmoid(s) if self.transform == "sigmoid" else s for s in stats.scores]
+        weights = [sigmoid(s) if self.cfg.weight == "sigmoid" else s for s in stats.scores]
         winner, stats.votes = vote(answers, weights)
         stats.chosen = max((i for i, a in enumerate(answers) if a == winner), key=lambda i: (stats.scores[i], -i))
         stats.seconds = time.perf_counter() - t0

@@ -20,10 +20,11 @@ from lmlab.core.config import apply_overrides, from_dict, to_dict
 from lmlab.core.lm import LM
 from lmlab.core.tokenizer import fingerprint
 from lmlab.decoding import REGISTRY as DECODERS
-from lmlab.decoding import build
+from lmlab.decoding import build, rerank_decoders
 from lmlab.decoding.drafts import layer_skip, parse_skip
 from lmlab.decoding.loop import check_draft
 from lmlab.loader import load
+from lmlab.recipes.scorers import answer_extractor, load_scorer
 
 
 def load_draft(spec: str, target: LM, target_tok: Any) -> LM:
@@ -74,15 +75,30 @@ def decoder_config(name: str, sample: bool, temperature: float | None, top_k: in
 def generate_text(model: str | Any, prompt: str, *, decoder: str = "greedy", draft: str | None = None,
                   chat: bool = False, max_new_tokens: int = 64, sample: bool = False,
                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                  overrides: list[str] | None = None, seed: int = 0, stop_at_eos: bool = True) -> tuple[str, Any]:
-    """(generated text, decoder stats) for ``prompt``; ``model`` is a spec for ``lmlab.load`` or (model, tok)."""
+                  overrides: list[str] | None = None, seed: int = 0, stop_at_eos: bool = True,
+                  scorer: str | Any = None, scorer_overrides: list[str] | None = None, step_sep: str | None = None,
+                  answer: str | None = None) -> tuple[str, Any]:
+    """(generated text, decoder stats) for ``prompt``; ``model`` is a spec for ``lmlab.load`` or (model, tok).
+
+    Best-of-N decoders (``best_of_n``, ``weighted_vote``) take ``scorer``: a spec of ``recipes.scorers.load_scorer``
+    (``implicit:ADAPTER``, ``implicit:POLICY,REFERENCE``, ``likelihood``) with ``scorer_overrides`` and
+    ``step_sep``, or a callable ``scorer(prompt_ids, candidates) -> list[float]``; ``answer`` is the regular
+    expression of a candidate's final answer for ``weighted_vote`` (default: the whole continuation votes)."""
     target, tok = (model if isinstance(model, tuple) else load(model)[:2])
     if tok is None:
         raise ValueError("the model has no tokenizer next to it; cannot encode the prompt")
     cfg = decoder_config(decoder, sample, temperature, top_k, top_p, list(overrides or []))
-    if draft is not None and "draft" not in DECODERS.entry(decoder).caps:
+    caps = DECODERS.entry(decoder).caps
+    if draft is not None and "draft" not in caps:
         raise ValueError(f"a draft is only used by chain_sd, tree_sd and gsd, not by {decoder!r}")
-    dec = build(decoder, cfg, draft=load_draft(draft, target, tok) if draft else None)  # cfg has the overrides
+    rerank = {}
+    if "rerank" in caps:
+        if isinstance(scorer, str):
+            scorer = load_scorer(scorer, tok, target=target, overrides=scorer_overrides, step_sep=step_sep)
+        rerank = {"scorer": scorer, "answer_of": answer_extractor(answer, tok)}
+    elif scorer is not None or answer is not None:
+        raise ValueError(f"a scorer is only used by the best-of-N decoders {rerank_decoders()}, not by {decoder!r}")
+    dec = build(decoder, cfg, draft=load_draft(draft, target, tok) if draft else None, **rerank)  # cfg: overrides
     text = prompt
     if chat:
         if not hasattr(getattr(tok, "tok", None), "apply_chat_template"):

@@ -49,7 +49,7 @@ from lmlab.core.chat import (
 )
 from lmlab.core.checkpoint import read_meta
 from lmlab.decoding import REGISTRY as DECODERS
-from lmlab.decoding import build
+from lmlab.decoding import build, token_decoders
 from lmlab.loader import PEFT_CONFIG, load, model_folder
 from lmlab.recipes.generate import decoder_config, load_draft
 
@@ -147,9 +147,9 @@ class LocalClient:
         if adapters:
             self.target = add_adapters(self.target, adapters, self.model)
         self.adapters = list(adapters or [])
-        if decoder not in DECODERS or "bidirectional" in DECODERS.entry(decoder).caps:
-            plain = [n for n in DECODERS if "bidirectional" not in DECODERS.entry(n).caps]
-            raise ValueError(f"decoder {decoder!r} cannot serve text; expected one of {plain}")
+        if decoder not in token_decoders(rerank=False):
+            raise ValueError(f"decoder {decoder!r} cannot serve text; expected one of {token_decoders(rerank=False)} "
+                             "(best-of-N decoders need a scorer: use them from Python or lmlab generate)")
         self.speculative = "draft" in DECODERS.entry(decoder).caps
         if draft is not None and not self.speculative:
             raise ValueError(f"a draft is only used by chain_sd, tree_sd and gsd, not by {decoder!r}")
