@@ -16,8 +16,10 @@ threshold it does not report; here difflib's ratio, 0 = off). A no-op edit is dr
 The editor is any callable ``editor(problem, steps, k, rng) -> (edited step, error kind) | None``: ``chain_editor``
 is the rule-based editor of the arithmetic-chains substrate (``tasks.chains.edit_step``: value, symbol, operand,
 delete), which stands in for self-editing at the scale where the policy cannot follow editing instructions; an
-LLM editor plugs in the same way. Deviation: self-correction phrases in correct attempts are not filtered (the chains
-substrate has none).
+LLM editor plugs in the same way, or the ``rise_pairs`` pipeline (``pipelines.rise``: the model edits its own
+steps through any ``ChatClient``) whose output records ``pairs_from_records`` turns into pairs. Deviation:
+``build_pairs`` does not filter self-correction phrases in correct attempts (the chains substrate has none; the
+pipeline does filter them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import difflib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -77,7 +80,8 @@ class PairCounts:
     with_both: int = 0  # problems with a correct and a wrong attempt (they give a full pair)
     full: int = 0
     step: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"no_edit": 0, "giveaway": 0, "similarity": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: {"no_edit": 0, "giveaway": 0, "similarity": 0,
+                                                             "unparsed": 0})
 
 
 def keep_edit(chosen: str, rejected: str, cfg: Config) -> str | None:
@@ -119,6 +123,39 @@ def build_pairs(attempts: Sequence[Attempt], editor: Editor, cfg: Config | None 
                 counts.dropped[why] += 1
                 continue
             pairs.append(Pair(problem, list(chosen.steps[:k]), [chosen.steps[k]], [edit[0]], "step", k, edit[1]))
+            counts.step += 1
+    return pairs, counts
+
+
+def pairs_from_records(records: Sequence[dict[str, Any]], cfg: Config | None = None
+                       ) -> tuple[list[Pair], PairCounts]:
+    """Full and step pairs from the output records of the ``rise_pairs`` pipeline (``pipelines.rise``): its
+    ``full`` attempt indices give the full pair; its ``edits`` (every step of the chosen attempt, edited by the
+    model) are filtered (``keep_edit``; an answer without a ``` block is ``unparsed``) and ``edited_per_problem``
+    of the survivors, drawn at random, give step pairs (official: edit all steps, then sample N)."""
+    cfg = cfg or Config()
+    rng = random.Random(cfg.seed)
+    pairs, counts = [], PairCounts(problems=len(records))
+    for r in records:
+        missing = [k for k in ("question", "attempts", "full", "edits") if k not in r]
+        if missing:
+            raise ValueError(f"record {r.get('id')!r} lacks {missing}: give the rise_pairs pipeline's output")
+        if r["full"] is None:
+            continue
+        counts.with_both += 1
+        steps = r["attempts"][r["full"]["chosen"]]["steps"]
+        pairs.append(Pair(r["question"], [], list(steps), list(r["attempts"][r["full"]["rejected"]]["steps"]), "full"))
+        counts.full += 1
+        kept = []
+        for e in r["edits"]:
+            why = "unparsed" if e["step"] is None else keep_edit(steps[e["k"]], e["step"], cfg)
+            if why:
+                counts.dropped[why] += 1
+            else:
+                kept.append(e)
+        for e in sorted(rng.sample(kept, min(cfg.edited_per_problem, len(kept))), key=lambda e: e["k"]):
+            k = e["k"]
+            pairs.append(Pair(r["question"], list(steps[:k]), [steps[k]], [e["step"]], "step", k, e["error"]))
             counts.step += 1
     return pairs, counts
 

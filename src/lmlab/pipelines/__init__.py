@@ -14,6 +14,9 @@ REGISTRY = Registry("pipelines", {
     "reviseval": Entry("lmlab.pipelines.reviseval:RevisEval", paper="arXiv:2410.05193",
                        summary="revise each response into a response-adapted reference, then judge or score against it",
                        config="lmlab.pipelines.reviseval:Config"),
+    "rise_pairs": Entry("lmlab.pipelines.rise:RisePairs", paper="arXiv:2410.06638", repro="rise",
+                        summary="self-sample attempts, grade them, and self-edit each step of a correct one into a "
+                                "subtle error (RISE)", config="lmlab.pipelines.rise:Config"),
 })
 
 
