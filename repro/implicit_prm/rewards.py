@@ -195,7 +195,8 @@ class FrozenValueHead(torch.nn.Module):
     Linear rather than an MLP: it is the usual reward-model value head (a linear map of the last hidden state),
     and with 2000 labels a 65-parameter probe cannot over-fit, so a failure reads as "the frozen SFT features do
     not carry correctness linearly" rather than as a tuning problem -- the question the full fine-tune could not
-    answer. Weights and bias start at 0, so every value starts at 0 like the first ORM's.
+    answer (a 1-hidden-layer MLP did no better on a non-recorded seed and over-fitted with the epochs; README).
+    Weights and bias start at 0, so every value starts at 0 like the first ORM's.
     """
 
     def __init__(self, dim: int):

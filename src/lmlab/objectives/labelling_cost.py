@@ -3,10 +3,12 @@
 Paper: Yuan et al., "Free Process Rewards without Process Labels" (arXiv 2412.01981, ICML 2025; official code
 github.com/PRIME-RL/ImplicitPRM), Fig. 2: the data-collection + training FLOPs of an implicit PRM (CE loss) are
 38.6-38.8x lower than those of a Math-Shepherd PRM (Wang et al., arXiv 2312.08935) at 2 / 4 / 8 responses per
-instruction. The paper's own accounting (which tokens it counts, how many steps per response, whether prompts
-or prefixes are re-processed) is not given in the sources available to this module; the functions below are an
-analytic model with every assumption stated, so that the ratio can be computed for a given setting and the
-assumptions that would produce the paper's number can be named.
+instruction (the official README shows it as a figure, ``figs/flops.png``, with no accounting in text). The
+paper's own accounting (which tokens it counts, how many steps per response, whether prompts or prefixes are
+re-processed) is not stated there; the functions below are an analytic model with every assumption stated, so
+that the ratio can be computed for a given setting and the assumptions that would produce the paper's number can
+be named. Math-Shepherd's default of M = 8 completions per step is as a third-party explainer of that paper states
+it; it is an input here, not a constant.
 
 Both pipelines start from the same ``responses`` rollouts of each of ``instructions`` prompts.
 
