@@ -118,3 +118,63 @@ def test_the_orm_value_starts_at_zero_and_leaves_the_policy_untouched():
     v = rw.orm_values(model, ids, torch.tensor([8, 7, 6, 5, 4]), 10)
     assert torch.equal(v, torch.zeros(5))
     assert all(torch.equal(before[k], v2) for k, v2 in policy.state_dict().items())
+
+
+def test_frozen_orm_features_are_the_final_normed_state_at_each_rows_last_response_token():
+    policy = lm(4).float()
+    ids, _ = rows(5)
+    last = torch.tensor([8, 3, 6, 5, 4])
+    ro = ex.Rollouts(["p"] * 5, [""] * 5, ids, torch.ones(5, 9, dtype=torch.bool), last, [True] * 5, [True] * 5,
+                     [0] * 5, [None] * 5, [1] * 5, 5)
+    got = rw.last_features(policy, ro)  # (5, 32)
+    for r in range(5):  # one row alone, truncated at its own last token: causal, so the same state
+        want = policy.hidden(ids[r:r + 1, :int(last[r]) + 1])[0, -1]
+        assert torch.allclose(got[r], want, atol=1e-5)
+    assert torch.equal(rw.FrozenValueHead(32)(got), torch.zeros(5))  # every value starts at 0
+
+
+def test_the_gate_takes_the_orm_with_the_better_validation_bon_then_bce_and_the_full_fine_tune_on_a_tie():
+    info = {"orm_val_bon": 0.2, "orm_val_bce": 0.66, "orm_frozen_val_bon": 0.25, "orm_frozen_val_bce": 0.70}
+    assert rw.orm_choice(info) == 1
+    assert rw.orm_choice(info | {"orm_frozen_val_bon": 0.15}) == 0
+    assert rw.orm_choice(info | {"orm_frozen_val_bon": 0.2, "orm_frozen_val_bce": 0.65}) == 1  # tie: lower BCE
+    assert rw.orm_choice(info | {"orm_frozen_val_bon": 0.2, "orm_frozen_val_bce": 0.66}) == 0  # full tie
+
+
+def fake_rollouts(n_prompts: int, n: int, seed: int) -> ex.Rollouts:
+    """One shared prefix; the last token (1..10) alone decides the label (< 5 = correct); every prompt has both."""
+    g = torch.Generator().manual_seed(seed)
+    R = n_prompts * n
+    tok = torch.randint(1, 11, (R,), generator=g)
+    tok[::n], tok[1::n] = 8, 2  # each prompt: a wrong sample first (a constant score picks it), a correct one
+    ids = torch.full((R, 9), 6)
+    ids[:, 8] = tok
+    ok = [bool(t < 5) for t in tok]
+    return ex.Rollouts(["p"] * R, [""] * R, ids, torch.ones(R, 9, dtype=torch.bool), torch.full((R,), 8), ok, ok,
+                       [0] * R, [None] * R, [1] * R, n)
+
+
+def test_the_frozen_orm_learns_a_label_its_features_carry_and_leaves_the_trunk_alone():
+    policy = lm(5).float()
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    cfg = {"rm_batch": 16, "orm_frozen_lrs": [1e-3, 3e-2], "orm_frozen_max_epochs": 6}
+    head, info = rw.train_frozen_orm(policy, fake_rollouts(48, 4, 0), fake_rollouts(16, 4, 1), cfg, seed=0)
+    assert info["orm_frozen_val_bon"] == 1.0 and info["orm_frozen_val_bce"] < 0.3
+    assert len(info["orm_frozen_grid"]) == 12  # 2 lrs x 6 epochs
+    test = fake_rollouts(16, 4, 2)
+    with torch.no_grad():
+        assert rw.bon_accuracy(head(rw.last_features(policy, test)), test.final_ok, test.n) == 1.0
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+def test_the_orm_gate_is_computed_against_the_orm_chosen_per_seed_on_validation():
+    run = repro_module("implicit_prm", "run")
+    grids = {k: [] for k in ("orm_grid", "orm_frozen_grid", "ce_val_grid", "dpo_val_grid", "ce1_val_grid")}
+    base = {"wmaj_ce_min": 0.9, "majority": 0.9, "pass1": 0.4, "bon_ce_min": 0.9, "disjoint_prompt_sets": 1.0,
+            "strict_implies_final": 1.0, "sum_identity_err": 0.0} | grids
+    runs = [base | {"bon_orm": 0.1, "bon_orm_frozen": 0.3, "orm_choice": 1, "bon_orm_chosen": 0.3},
+            base | {"bon_orm": 0.2, "bon_orm_frozen": 0.5, "orm_choice": 0, "bon_orm_chosen": 0.2}]
+    m = run.summarise({"seeds": [3, 4]}, runs)
+    assert m["bon_orm_chosen"] == pytest.approx(25.0) and m["bon_orm_frozen_s3"] == pytest.approx(30.0)
+    assert m["bon_ce_min_minus_orm"] == pytest.approx(90.0 - 25.0)  # not vs bon_orm (15) nor the test-best (40)
+    assert (m["orm_choice_s3"], m["orm_choice_s4"]) == (1, 0)

@@ -166,20 +166,18 @@ def train_orm(policy: torch.nn.Module, ro: Rollouts, val: Rollouts, cfg: dict, s
     tensors = {"ids": ro.ids, "last": ro.last, "label": torch.tensor([float(x) for x in ro.strict])}
     vlabel = torch.tensor([float(x) for x in val.strict])
     per_epoch = steps_for(len(ro.strict), cfg["rm_batch"], 1)
-    grid, best = [], None
+    grid: list[dict] = []
+    best: list = [None, None]
     for lr in cfg["orm_lrs"]:
         model = value_model(policy, value_id)
 
         def snap(tr, rec, lr=lr, model=model):
             if rec["step"] % per_epoch == 0:
-                v = orm_scores(model, val, value_id)
+                row = sweep_row(orm_scores(model, val, value_id), val, vlabel, lr=lr, epochs=rec["step"] // per_epoch)
                 model.train()
-                row = {"lr": lr, "epochs": rec["step"] // per_epoch, "val_bon": bon_accuracy(v, val.final_ok, val.n),
-                       "val_bce": float(F.binary_cross_entropy_with_logits(v, vlabel))}
                 grid.append(row)
-                nonlocal best
-                if best is None or (row["val_bon"], -row["val_bce"]) > (best[0]["val_bon"], -best[0]["val_bce"]):
-                    best = (row, copy.deepcopy(model.state_dict()))
+                if better(row, best[0]):
+                    best[:] = [row, copy.deepcopy(model.state_dict())]
 
         fit(model, ValueBCE(value_id), tensors, cfg, lr, cfg["orm_max_epochs"], seed, schedule="constant",
             hooks=[snap])
@@ -187,4 +185,96 @@ def train_orm(policy: torch.nn.Module, ro: Rollouts, val: Rollouts, cfg: dict, s
     model = value_model(policy, value_id)
     model.load_state_dict(state)
     return model.eval(), {"orm_lr": row["lr"], "orm_epochs": row["epochs"], "orm_val_bon": row["val_bon"],
-                          "orm_grid": grid}
+                          "orm_val_bce": row["val_bce"], "orm_grid": grid}
+
+
+# ----------------------------------------------------------------------- ORM baseline 2: frozen trunk + head
+class FrozenValueHead(torch.nn.Module):
+    """The value of a frozen-trunk ORM: one linear layer on the trunk's final normed hidden state (B, C) -> (B,).
+
+    Linear rather than an MLP: it is the usual reward-model value head (a linear map of the last hidden state),
+    and with 2000 labels a 65-parameter probe cannot over-fit, so a failure reads as "the frozen SFT features do
+    not carry correctness linearly" rather than as a tuning problem -- the question the full fine-tune could not
+    answer (a 1-hidden-layer MLP did no better on a non-recorded seed and over-fitted with the epochs; README).
+    Weights and bias start at 0, so every value starts at 0 like the first ORM's.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, 1)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(feats)[:, 0]  # (B, C) -> (B,)
+
+
+class HeadBCE:
+    """BCE of a value head on precomputed features."""
+
+    def __call__(self, head: torch.nn.Module, batch: dict) -> LossOutput:
+        return LossOutput(F.binary_cross_entropy_with_logits(head(batch["feats"]), batch["label"]))
+
+
+@torch.no_grad()
+def last_features(trunk: torch.nn.Module, ro: Rollouts) -> torch.Tensor:
+    """Final normed hidden state (after the last norm) at each row's last response position: (R, C)."""
+    trunk.eval()
+    out = []
+    for i in range(0, len(ro.last), 512):
+        ids, last = ro.ids[i:i + 512], ro.last[i:i + 512]
+        h = trunk.hidden(ids[:, :int(last.max()) + 1])  # (B, T, C)
+        out.append(h[torch.arange(len(ids)), last].float())  # (B, C)
+    return torch.cat(out)
+
+
+def sweep_row(scores: torch.Tensor, val: Rollouts, vlabel: torch.Tensor, **keys) -> dict:
+    """One cell of an ORM sweep: validation BoN and BCE of ``scores`` (R,)."""
+    return keys | {"val_bon": bon_accuracy(scores, val.final_ok, val.n),
+                   "val_bce": float(F.binary_cross_entropy_with_logits(scores, vlabel))}
+
+
+def better(row: dict, best: dict | None) -> bool:
+    """The ORM selection rule: higher validation BoN, ties broken by lower validation BCE."""
+    return best is None or (row["val_bon"], -row["val_bce"]) > (best["val_bon"], -best["val_bce"])
+
+
+def train_frozen_orm(policy: torch.nn.Module, ro: Rollouts, val: Rollouts, cfg: dict, seed: int):
+    """ORM with the SFT policy frozen as trunk and a trainable ``FrozenValueHead`` on its last-position features.
+
+    The trunk never changes, so its features are computed once; sweep ``orm_frozen_lrs`` x up to
+    ``orm_frozen_max_epochs`` (constant lr, a snapshot after every epoch), chosen like ``train_orm``.
+    Returns (head, info); score test rollouts with ``head(last_features(policy, test))``.
+    """
+    tensors = {"feats": last_features(policy, ro), "label": torch.tensor([float(x) for x in ro.strict])}
+    vfeats, vlabel = last_features(policy, val), torch.tensor([float(x) for x in val.strict])
+    per_epoch = steps_for(len(ro.strict), cfg["rm_batch"], 1)
+    grid: list[dict] = []
+    best: list = [None, None]
+    for lr in cfg["orm_frozen_lrs"]:
+        head = FrozenValueHead(tensors["feats"].shape[1])
+
+        def snap(tr, rec, lr=lr, head=head):
+            if rec["step"] % per_epoch == 0:
+                with torch.no_grad():
+                    row = sweep_row(head(vfeats), val, vlabel, lr=lr, epochs=rec["step"] // per_epoch)
+                grid.append(row)
+                if better(row, best[0]):
+                    best[:] = [row, copy.deepcopy(head.state_dict())]
+
+        fit(head, HeadBCE(), tensors, cfg, lr, cfg["orm_frozen_max_epochs"], seed, schedule="constant",
+            hooks=[snap])
+    row, state = best
+    head = FrozenValueHead(tensors["feats"].shape[1])
+    head.load_state_dict(state)
+    return head.eval(), {"orm_frozen_lr": row["lr"], "orm_frozen_epochs": row["epochs"],
+                         "orm_frozen_val_bon": row["val_bon"], "orm_frozen_val_bce": row["val_bce"],
+                         "orm_frozen_grid": grid}
+
+
+def orm_choice(info: dict) -> int:
+    """Which ORM the gate compares against: 1 (frozen trunk) when its validation BoN is higher, ties broken by
+    lower validation BCE; else 0 (full fine-tune). Test numbers never enter."""
+    full = {"val_bon": info["orm_val_bon"], "val_bce": info["orm_val_bce"]}
+    frozen = {"val_bon": info["orm_frozen_val_bon"], "val_bce": info["orm_frozen_val_bce"]}
+    return int(better(frozen, full))
