@@ -16,6 +16,7 @@ from lmlab.core.tokenizer import ByteTokenizer
 from lmlab.objectives.implicit_prm import Config, ImplicitPRM
 from lmlab.objectives.preference import response_batch
 from lmlab.recipes.generate import generate_text
+from lmlab.recipes.scorers import answer_extractor
 from lmlab.serve.local import LocalClient
 
 
@@ -49,7 +50,7 @@ def test_likelihood_best_of_n_returns_the_most_likely_candidate(tmp_path):
     text, stats = generate_text((model, tok), "abc", decoder="best_of_n", overrides=["n=5"], scorer="likelihood",
                                 max_new_tokens=6, stop_at_eos=False, seed=3)
     prompt = tok.encode("abc")
-    want = [0.05 * naive_logp(model, prompt, c) for c in stats.candidates]  # beta 0.05 * log p(candidate)
+    want = [0.001 * naive_logp(model, prompt, c) for c in stats.candidates]  # beta 0.001 * log p(candidate)
     assert stats.scores == pytest.approx(want, abs=1e-5)
     assert stats.chosen == max(range(5), key=lambda i: want[i]) and len(set(map(tuple, stats.candidates))) > 1
     assert text == tok.decode(stats.candidates[stats.chosen])
@@ -64,16 +65,16 @@ def test_implicit_scorer_of_an_adapter_uses_its_base_as_reference(tmp_path):
                              scorer=f"implicit:{adapter}", scorer_overrides=["aggregation=min"], step_sep=",",
                              stop_at_eos=False, seed=1)
     prompt = tok.encode("a,b")
-    prm = ImplicitPRM(adapted, base, Config(aggregation="min"))
+    prm = ImplicitPRM(adapted, base, Config(beta=0.001, aggregation="min"))  # the official scoring coefficient
     ids, mask = response_batch([(prompt, c) for c in stats.candidates], 0)
     ends = [[len(prompt) + j for j, t in enumerate(c[:-1]) if t == comma[0]] + [len(prompt) + len(c) - 1]
             for c in stats.candidates]
     want = prm.score(ids, mask, ends)
-    assert stats.scores == pytest.approx(want, abs=1e-5) and any(abs(s) > 1e-4 for s in want)
+    assert stats.scores == pytest.approx(want, abs=1e-8) and any(abs(s) > 1e-6 for s in want)
     _, both = generate_text(str(adapter), "a,b", decoder="best_of_n", overrides=["n=4"], max_new_tokens=8,
                             scorer=f"implicit:{adapter},{run_dir}", scorer_overrides=["aggregation=min"],
                             step_sep=",", stop_at_eos=False, seed=1)
-    assert both.scores == pytest.approx(stats.scores, abs=1e-5)  # an explicit reference = the adapter's base
+    assert both.scores == pytest.approx(stats.scores, abs=1e-8)  # an explicit reference = the adapter's base
 
 
 def test_cli_weighted_vote_with_an_answer_pattern(tmp_path, capsys):
@@ -88,6 +89,7 @@ def test_cli_weighted_vote_with_an_answer_pattern(tmp_path, capsys):
 @pytest.mark.parametrize("extra,msg", [
     (["--decoder", "best_of_n"], "needs a scorer"),
     (["--scorer", "likelihood"], "only used by the best-of-N decoders"),
+    (["--step-sep", ","], "only used by the best-of-N decoders"),
     (["--decoder", "best_of_n", "--scorer", "implicit:RUN"], "is not an adapter folder"),
     (["--decoder", "best_of_n", "--scorer", "oracle"], "expected 'implicit:POLICY"),
     (["--decoder", "best_of_n", "--scorer", "likelihood:RUN"], "takes no path"),
@@ -106,6 +108,20 @@ def test_generate_rerank_errors_name_the_problem(tmp_path, capsys, extra, msg):
         extra = [e.replace(k, v) for e in extra]
     rc, _, err = run(capsys, "--model", run_dir, "--prompt", "hi", *extra)
     assert rc == 2 and msg in err, err
+
+
+def test_answers_skip_the_end_of_text_and_unanswered_candidates_do_not_vote():
+    tok = ByteTokenizer(["<bos>", "<eos>", "<pad>"])
+    answer_of = answer_extractor(r"=(\d+)", tok)
+    assert answer_of(tok.encode("1+1=2") + [tok.eos_id]) == "2" and answer_of(tok.encode("no answer")) is None
+    assert answer_extractor(r"(\w)$", tok)(tok.encode("ab") + [tok.eos_id]) == "b"  # not the eos text
+    assert answer_extractor(None, tok) is None
+
+
+def test_a_scorer_object_takes_no_spec_options():
+    with pytest.raises(ValueError, match="configure a scorer named by a spec string"):
+        generate_text((tiny(vocab=259).float(), ByteTokenizer(["<bos>", "<eos>", "<pad>"])), "ab",
+                      decoder="best_of_n", scorer=lambda p, c: [0.0] * len(c), step_sep=",")
 
 
 def test_serving_refuses_a_decoder_that_needs_a_scorer():

@@ -97,8 +97,24 @@ def test_bad_input_is_named(target):
         VoteConfig(weight="softmax")
     with pytest.raises(TypeError, match="scorer must be callable"):
         BestOfN(Config(), scorer=[1.0])
+    with pytest.raises(TypeError, match="needs a rerank.VoteConfig"):
+        WeightedVote(Config(n=2), scorer=lambda p, c: [0.0] * len(c))
     with pytest.raises(TypeError, match="answer_of must be callable"):
         WeightedVote(scorer=lambda p, c: [0.0] * len(c), answer_of="last")
+
+
+def test_candidates_without_an_answer_do_not_vote(target):
+    """Three candidates have no answer (None) and would outvote the rest; they do not vote unless all are None."""
+    answer_of = lambda toks: None if toks[0] % 2 else toks[0]  # noqa: E731
+    cands = samples(target, 8, 5)
+    assert sum(answer_of(c) is None for c in cands) > max(
+        sum(answer_of(c) == a for c in cands) for a in {answer_of(c) for c in cands} - {None})
+    gen = WeightedVote(VoteConfig(n=8), scorer=lambda p, c: [0.0] * len(c), answer_of=answer_of).generate(
+        target, PROMPT, 10, seed=5)
+    assert answer_of(gen.tokens) is not None and None not in gen.stats.votes
+    none = WeightedVote(VoteConfig(n=8), scorer=lambda p, c: [0.0] * len(c), answer_of=lambda t: None).generate(
+        target, PROMPT, 10, seed=5)
+    assert none.stats.votes == {None: 4.0} and none.tokens == cands[0]
 
 
 # ---------------------------------------------------------------- registry lines and build

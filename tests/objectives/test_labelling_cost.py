@@ -88,6 +88,8 @@ def test_steps_for_ratio_inverts_the_ratio():
         pytest.approx(7)
     with pytest.raises(ValueError, match="target ratio must be > 0"):
         lc.steps_for_ratio(0.0, s)
+    with pytest.raises(ValueError, match="below the ratio at one step"):  # S = 1: no labelling, ratio < 1
+        lc.steps_for_ratio(0.5 * lc.flops_ratio(setup(steps=1, response_tokens=70, prefix_cached=False)), s)
 
 
 @pytest.mark.parametrize("field", ["params", "prompt_tokens", "response_tokens", "steps", "mc_per_step",

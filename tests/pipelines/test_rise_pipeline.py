@@ -29,7 +29,9 @@ from lmlab.pipelines.rise import (
     is_correct,
     normalise,
     parse_edit,
+    rejected_step,
     split_steps,
+    stable_seed,
     strip_boxed,
 )
 from lmlab.pipelines.runner import run
@@ -43,7 +45,7 @@ CURRENT = re.compile(r"\[Current Step\]\n(.*?)\n\n", re.S)
 
 class Scripted:
     """Solves with the given attempts; edits by turning the first digit of the region into another digit
-    (``giveaway``: adds "this is wrong"; ``broken``: answers without a ``` block)."""
+    (``echo``: the region unchanged; ``giveaway``: adds "this is wrong"; ``broken``: answers without a ``` block)."""
 
     model = "scripted"
 
@@ -60,6 +62,8 @@ class Scripted:
         else:
             region = CURRENT.search(user).group(1)
             edited = re.sub(r"\d", lambda m: str((int(m.group()) + 1) % 10), region, count=1)
+            if self.editor == "echo":
+                edited = region
             if self.editor == "giveaway":
                 edited += " (this is wrong)"
             texts = [f"Here it is:\n```\n{edited}\n```" if self.editor != "broken" else edited]
@@ -97,11 +101,25 @@ def test_steps_answers_and_regions():
     step = "Step 3: One. Two. Three.\nFour. Five. Six."
     head, region = edit_region(step, 4)
     assert head + region == step and region == "Three.\nFour. Five. Six." and edit_region("a = 1", 4) == ("", "a = 1")
+    assert edit_region("Step 12: Read it. Then add.", 4) == ("Step 12: ", "Read it. Then add.")  # never the header
+    assert error_kinds(edit_region("Step 2: Read the question carefully.", 4)[1]) == ["words"]
     assert error_kinds("5 * 4 = 20") == ["numbers", "substitution", "delete", "symbol", "swap"]
     assert error_kinds("half of 8") == ["number"] and error_kinds("x = y") == ["substitution", "delete", "symbol",
                                                                                  "swap"]
     assert error_kinds("Read the question.") == ["words"]
     assert parse_edit("```text\nStep 1: 2 + 3 = 6.\n```") == "Step 1: 2 + 3 = 6." and parse_edit("no block") is None
+
+
+def test_rejected_step_keeps_only_real_edits():
+    head, region = "Step 2: ", "Then 5 * 4 = 20. So the answer is \\boxed{20}."
+    assert rejected_step(head, region, None) == (None, "unparsed")
+    for echo in (region, "  Then 5 * 4 =  20.\nSo the answer is \\boxed{20}.", "Then 5 * 4 = 20. So the answer is 20.",
+                 "Step 2: " + region):
+        assert rejected_step(head, region, echo) == (None, "no_edit"), echo
+    edit = "Then 5 * 4 = 24. So the answer is \\boxed{24}."
+    assert rejected_step(head, region, "Step 2: " + edit) == (head + edit, None)  # a repeated header is removed
+    assert rejected_step("Step 1: ", "2 + 3 = 5.", "2 + 3 = \\boxed{6}.") == ("Step 1: 2 + 3 = 6.", None)
+    assert stable_seed(0, "q1", 1) == stable_seed(0, "q1", 1) != stable_seed(0, "q1", 2)
 
 
 def test_config_and_registry():
@@ -128,7 +146,12 @@ def test_sample_and_edit_stages_end_to_end(tmp_path):
     for e in q1["edits"]:
         head, region = edit_region(steps[e["k"]], 4)
         assert e["error"] in error_kinds(region) and e["step"].startswith(head) and e["step"] != steps[e["k"]]
-        assert "\\boxed" not in e["step"]  # stripped from the rejected step
+        assert head.startswith(f"Step {e['k'] + 1}:") and e["dropped"] is None
+        assert ("\\boxed" in e["step"]) == ("\\boxed" in steps[e["k"]])  # the region's wrapper is kept
+    seeds = [p.seed for p, u in llm.calls if "Current Step" in u]
+    assert len(set(seeds)) == len(seeds) == 4  # every edit request has its own seed
+    solve_seeds = [p.seed for p, u in llm.calls if "reason step by step" in u]
+    assert len(set(solve_seeds)) == 2  # one per question
     edit_prompts = [u for _, u in llm.calls if "Current Step" in u and "Add 2 and 3" in u]
     assert len(edit_prompts) == 2 and steps[0] in edit_prompts[1]  # step 2's prompt shows step 1
     assert out["q2"]["full"] is not None  # q2's gold 24 makes WRONG correct and RIGHT wrong
@@ -140,7 +163,8 @@ def test_a_client_without_n_gets_one_request_per_attempt_with_its_own_seed(tmp_p
     llm = Scripted(n=False)
     _, out = run_pipeline(tmp_path, llm, recs=records()[:1])
     solves = [p for p, u in llm.calls if "reason step by step" in u]
-    assert sorted(p.seed for p in solves) == [0, 1, 2, 3, 4] and all(p.n == 1 for p in solves)
+    base = stable_seed(0, "q1")
+    assert sorted(p.seed for p in solves) == [base + i for i in range(5)] and all(p.n == 1 for p in solves)
     assert len(out["q1"]["attempts"]) == 5
 
 
@@ -174,11 +198,16 @@ def test_pairs_from_records_filters_and_keeps_n_step_pairs(tmp_path):
             assert p.chosen == steps and p.rejected == r["attempts"][r["full"]["rejected"]]["steps"]
         else:
             assert p.prefix == steps[:p.step] and p.chosen == [steps[p.step]] and p.rejected != p.chosen
+    shuffled, _ = pairs_from_records(list(out.values())[::-1], PairConfig(edited_per_problem=1))
+    assert sorted(map(repr, shuffled)) == sorted(map(repr, pairs))  # the record order does not matter
     _, all_steps = pairs_from_records(list(out.values()), PairConfig(edited_per_problem=5))
     assert all_steps.step == 4  # every edit of the 2 x 2 steps survives the filters
     _, given = run_pipeline(tmp_path, Scripted(editor="giveaway"), name="giveaway")
     _, counts = pairs_from_records(list(given.values()))
     assert counts.step == 0 and counts.dropped["giveaway"] == 4
+    _, echo = run_pipeline(tmp_path, Scripted(editor="echo"), name="echo")
+    _, counts = pairs_from_records(list(echo.values()))
+    assert counts.step == 0 and counts.dropped["no_edit"] == 4
     _, broken = run_pipeline(tmp_path, Scripted(editor="broken"), name="broken")
     _, counts = pairs_from_records(list(broken.values()))
     assert counts.step == 0 and counts.dropped["unparsed"] == 4 and counts.full == 2

@@ -280,8 +280,10 @@ class BaseView(nn.Module):
     """An ``AdaptedModel`` run with no adapter active, call by call (the active one is restored after each).
 
     It owns no parameters (the adapted model is not registered as a submodule), so it adds nothing to an optimizer
-    or a state dict; attributes (vocab_size, device, new_cache, ...) pass through. A merged adapter cannot be
-    switched off: calls then raise ``set_active``'s error naming ``unmerge()``."""
+    or a state dict; attributes (vocab_size, device, new_cache, ...) pass through, and its mode and device are the
+    adapted model's (``view.eval()`` / ``.to()`` change nothing). A merged adapter cannot be switched off: calls then
+    raise ``set_active``'s error naming ``unmerge()``. Not thread-safe: a call switches the shared model's active
+    adapter off and back, so do not run the adapted model from another thread meanwhile."""
 
     def __init__(self, adapted: AdaptedModel):
         super().__init__()

@@ -88,8 +88,9 @@ def rerank_decoder(name: str, cls: Any, cfg: Any, scorer: Any, answer_of: Any) -
     import inspect
 
     if scorer is None:
-        raise ValueError(f"decoder {name!r} needs a scorer: scorer(prompt_ids, candidates) -> list[float], e.g. "
-                         "lmlab.objectives.implicit_prm.as_scorer(ImplicitPRM(policy, reference))")
+        raise ValueError(f"decoder {name!r} needs a scorer: lmlab generate --scorer implicit:ADAPTER (or "
+                         "implicit:POLICY,REFERENCE, likelihood); in Python scorer(prompt_ids, candidates) -> "
+                         "list[float], e.g. lmlab.objectives.implicit_prm.as_scorer(ImplicitPRM(policy, reference))")
     if answer_of is None:
         return cls(cfg, scorer=scorer)
     if "answer_of" not in inspect.signature(cls).parameters:

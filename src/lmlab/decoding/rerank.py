@@ -158,13 +158,16 @@ class WeightedVote:
     the best-scored candidate among those giving the winning answer.
 
     ``cfg.weight`` "sigmoid" (implicit PRM weights, the official weighted vote) or "identity" (raw scores);
-    ``answer_of`` defaults to the whole continuation (pass an answer extractor for reasoning chains)."""
+    ``answer_of`` defaults to the whole continuation (pass an answer extractor for reasoning chains); candidates
+    whose answer is None (none found) do not vote, unless no candidate has an answer."""
 
     def __init__(self, cfg: VoteConfig | None = None, *, scorer: Scorer,
                  answer_of: Callable[[list[int]], Hashable] = whole_answer):
         if not callable(answer_of):
             raise TypeError(f"answer_of must be callable as answer_of(tokens) -> answer, got "
                             f"{type(answer_of).__name__}")
+        if cfg is not None and not isinstance(cfg, VoteConfig):
+            raise TypeError(f"weighted_vote needs a rerank.VoteConfig (its weight field), got {type(cfg).__name__}")
         self.scorer, self.answer_of, self.cfg = check_scorer(scorer), answer_of, cfg or VoteConfig()
 
     def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
@@ -175,7 +178,8 @@ class WeightedVote:
         stats.scores = checked_scores(self.scorer, prompt, cands)
         answers = [self.answer_of(c) for c in cands]
         weights = [sigmoid(s) if self.cfg.weight == "sigmoid" else s for s in stats.scores]
-        winner, stats.votes = vote(answers, weights)
+        voters = [i for i, a in enumerate(answers) if a is not None] or list(range(len(answers)))
+        winner, stats.votes = vote([answers[i] for i in voters], [weights[i] for i in voters])
         stats.chosen = max((i for i, a in enumerate(answers) if a == winner), key=lambda i: (stats.scores[i], -i))
         stats.seconds = time.perf_counter() - t0
         return Generation(cands[stats.chosen], stats)

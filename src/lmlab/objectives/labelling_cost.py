@@ -127,6 +127,9 @@ def steps_for_ratio(target: float, s: LabellingSetup) -> float:
     if not target > 0:
         raise ValueError(f"target ratio must be > 0, got {target!r}")
     one = flops_ratio(_with_steps(s, 1))
+    if target < one:
+        raise ValueError(f"target ratio {target!r} is below the ratio at one step per response ({one:.4g}); no "
+                         "number of steps gives it")
     slope = flops_ratio(_with_steps(s, 2)) - one
     return 1 + (target - one) / slope
 

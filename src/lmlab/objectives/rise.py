@@ -131,10 +131,10 @@ def pairs_from_records(records: Sequence[dict[str, Any]], cfg: Config | None = N
                        ) -> tuple[list[Pair], PairCounts]:
     """Full and step pairs from the output records of the ``rise_pairs`` pipeline (``pipelines.rise``): its
     ``full`` attempt indices give the full pair; its ``edits`` (every step of the chosen attempt, edited by the
-    model) are filtered (``keep_edit``; an answer without a ``` block is ``unparsed``) and ``edited_per_problem``
-    of the survivors, drawn at random, give step pairs (official: edit all steps, then sample N)."""
+    model) are filtered (the pipeline's ``dropped``: unparsed or no-op; then ``keep_edit``) and
+    ``edited_per_problem`` of the survivors, drawn with a per-record seed, give step pairs (official: edit all
+    steps, then sample N). The pairs do not depend on the order of the records."""
     cfg = cfg or Config()
-    rng = random.Random(cfg.seed)
     pairs, counts = [], PairCounts(problems=len(records))
     for r in records:
         missing = [k for k in ("question", "attempts", "full", "edits") if k not in r]
@@ -142,13 +142,14 @@ def pairs_from_records(records: Sequence[dict[str, Any]], cfg: Config | None = N
             raise ValueError(f"record {r.get('id')!r} lacks {missing}: give the rise_pairs pipeline's output")
         if r["full"] is None:
             continue
+        rng = random.Random(f"{cfg.seed}:{r.get('id', r['question'])}")  # per record: any record order, same pairs
         counts.with_both += 1
         steps = r["attempts"][r["full"]["chosen"]]["steps"]
         pairs.append(Pair(r["question"], [], list(steps), list(r["attempts"][r["full"]["rejected"]]["steps"]), "full"))
         counts.full += 1
         kept = []
         for e in r["edits"]:
-            why = "unparsed" if e["step"] is None else keep_edit(steps[e["k"]], e["step"], cfg)
+            why = e.get("dropped") or ("unparsed" if e["step"] is None else keep_edit(steps[e["k"]], e["step"], cfg))
             if why:
                 counts.dropped[why] += 1
             else:

@@ -10,7 +10,9 @@ Specs:
   reference is then its base model with the adapter switched off (``AdaptedModel.base_view``, no second copy).
 - ``likelihood``: ``beta * log p(candidate)`` under the generating model (the paper's "w/o ref" variant; with the
   default ``aggregation=sum`` best-of-N returns the most likely candidate).
-``overrides`` set fields of ``objectives.implicit_prm.Config`` (``beta=0.001``, ``aggregation=sum``);
+``overrides`` set fields of ``objectives.implicit_prm.Config`` (``beta=0.05``, ``aggregation=sum``); beta defaults
+to the official scoring coefficient 0.001 (``EVAL_COEF``: it changes no best-of-N pick, only the weighted vote's
+``sigmoid(score)``, which is then majority vote with reward tie-breaking as in the official evaluation);
 ``step_sep`` is the text ending a step (one token of the tokenizer, e.g. ``"\\n"``); none: one step per response.
 """
 
@@ -23,7 +25,7 @@ from lmlab.adapters.tuner import AdaptedModel
 from lmlab.core.config import apply_overrides
 from lmlab.core.tokenizer import fingerprint
 from lmlab.loader import load
-from lmlab.objectives.implicit_prm import Config, ImplicitPRM, as_scorer
+from lmlab.objectives.implicit_prm import EVAL_COEF, Config, ImplicitPRM, as_scorer
 
 Scorer = Callable[[list[int], list[list[int]]], list[float]]
 KINDS = ("implicit", "likelihood")
@@ -35,7 +37,8 @@ def load_scorer(spec: str, tok: Any, *, target: Any = None, overrides: list[str]
     kind, _, arg = spec.partition(":")
     if kind not in KINDS:
         raise ValueError(f"scorer spec {spec!r}: expected 'implicit:POLICY[,REFERENCE]' or 'likelihood'")
-    cfg = Config(aggregation="sum", use_reference=False) if kind == "likelihood" else Config()
+    cfg = Config(beta=EVAL_COEF, aggregation="sum", use_reference=False) if kind == "likelihood" else \
+        Config(beta=EVAL_COEF)
     cfg = apply_overrides(cfg, list(overrides or []))
     if kind == "likelihood":
         if arg:
@@ -47,6 +50,9 @@ def load_scorer(spec: str, tok: Any, *, target: Any = None, overrides: list[str]
         policy, reference = target, None
     else:
         policy, reference = policy_and_reference(spec, arg, tok)
+        if target is not None and policy.vocab_size != target.vocab_size:
+            raise ValueError(f"scorer model vocab_size {policy.vocab_size} != the generating model's "
+                             f"{target.vocab_size}: the scorer reads the candidates' token ids")
     return as_scorer(ImplicitPRM(policy, reference, cfg), sep_ids=separator_ids(step_sep, tok),
                      pad_id=getattr(tok, "pad_id", None) or 0)
 
@@ -84,7 +90,8 @@ def separator_ids(step_sep: str | None, tok: Any) -> list[int]:
 
 def answer_extractor(pattern: str | None, tok: Any) -> Callable[[list[int]], Hashable] | None:
     """``answer_of`` for ``weighted_vote``: the last match of ``pattern`` in the decoded candidate (its first
-    group, if it has one); a candidate without a match votes for None. No pattern: None (whole continuations)."""
+    group, if it has one; a final end-of-text token is not decoded); a candidate without a match gives None,
+    which ``WeightedVote`` leaves out of the vote. No pattern: None (whole continuations vote)."""
     if pattern is None:
         return None
     import re
@@ -94,7 +101,10 @@ def answer_extractor(pattern: str | None, tok: Any) -> Callable[[list[int]], Has
     except re.error as e:
         raise ValueError(f"answer pattern {pattern!r} is not a regular expression: {e}") from None
 
+    eos = getattr(tok, "eos_id", None)
+
     def answer_of(tokens: list[int]) -> Hashable:
+        tokens = tokens[:-1] if tokens and eos is not None and tokens[-1] == eos else tokens
         found = list(rx.finditer(tok.decode(tokens)))
         if not found:
             return None

@@ -12,7 +12,10 @@ Layout: ``pipeline.py`` (Config, the sample and edit stages, answer grading, ste
 Prompts are files under ``pipelines/prompts/rise/``, in our wording of the official prompts.
 Deviations: a chat API cannot pre-fill the assistant turn, so the solve prompt asks for the ``Step k:`` format
 and the edit prompts ask for the edited step inside a ``` block (the official code pre-fills both); answers are
-matched after normalisation (spaces, ``$``, thousands commas, plain decimals), not with a symbolic grader.
+matched after normalisation (spaces, ``$``, thousands commas, plain decimals), not with a symbolic grader; the
+``Step k:`` header stays out of the edit region; the official code strips ``\\boxed{}`` from the rejected step,
+here only wrappers the editor added are stripped (so a final step's chosen and rejected texts do not differ by the
+wrapper alone); at most ``max_edit_steps`` steps of a solution are edited.
 """
 
 from .pipeline import (
@@ -27,10 +30,13 @@ from .pipeline import (
     is_correct,
     normalise,
     parse_edit,
+    rejected_step,
     sample_stage,
     split_steps,
+    stable_seed,
     strip_boxed,
 )
 
 __all__ = ["ERRORS", "Config", "RisePairs", "boxed", "choose_full_pair", "edit_region", "edit_stage", "error_kinds",
-           "is_correct", "normalise", "parse_edit", "sample_stage", "split_steps", "strip_boxed"]
+           "is_correct", "normalise", "parse_edit", "rejected_step", "sample_stage", "split_steps", "stable_seed",
+           "strip_boxed"]

@@ -5,8 +5,10 @@ full and step preference pairs (with the giveaway / similarity filters) for DPO 
 Records, one JSON object a line: ``id``, ``question``, ``answer`` (the gold final answer) ->
 - ``sample`` adds ``attempts``: [{"text", "steps", "answer", "correct"}] (``samples`` completions);
 - ``edit`` adds ``full`` ({"chosen", "rejected"}: attempt indices, or None when the problem has no correct or no
-  wrong attempt) and ``edits``: one per step k of the chosen attempt, {"k", "error", "step" (the rejected step:
-  the chosen step with its edit region replaced, or None when the answer had no ``` block), "raw"}.
+  wrong attempt) and ``edits``: one per step k of the chosen attempt (up to ``max_edit_steps``), {"k", "error",
+  "step" (the rejected step: the chosen step with its edit region replaced; None when dropped), "dropped" (None,
+  "unparsed": no ``` block, or "no_edit": the region unchanged), "raw" (the editor's answer)}.
+Every request carries a seed derived from (``seed``, record id[, step]), so a re-run asks the same questions.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from lmlab.pipelines.base import Pipeline, Stage, prompt, prompts_version
 from lmlab.pipelines.runner import Summary, run
 
 STEP = re.compile(r"(?:^|\n)\s*(?=Step \d+:)")  # official split: "\nStep k:"
+HEADER = re.compile(r"Step \d+:[ \t]*")
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 BLOCK = re.compile(r"```[^\n]*\n?(.*?)```", re.S)
 SELF_CORRECTION = ("a mistake", "let's correct", "let's reconsider", "python")  # official construct_dpo_samples
@@ -105,12 +109,35 @@ def is_correct(answer: str | None, gold: str) -> bool:
 
 
 def edit_region(step: str, sentences: int) -> tuple[str, str]:
-    """(head, region): the region is the last ``sentences`` sentences of the step (split on newlines and
-    ". "), the head what comes before it; head + region == step."""
-    cuts = [m.end() for m in re.finditer(r"\n|\. ", step)]
-    cuts = [c for c in cuts if c < len(step)]
+    """(head, region) with head + region == step: the region is the last ``sentences`` sentences (split on
+    newlines and ". ") of the step's body; the ``Step k:`` header is always in the head, never edited."""
+    header = HEADER.match(step)
+    h = header.end() if header else 0
+    body = step[h:]
+    cuts = [m.end() for m in re.finditer(r"\n|\. ", body) if m.end() < len(body)]
     at = cuts[-sentences] if len(cuts) >= sentences else 0
-    return step[:at], step[at:]
+    return step[:h + at], body[at:]
+
+
+def rejected_step(head: str, region: str, edited: str | None) -> tuple[str | None, str | None]:
+    """(the rejected step, None) or (None, why it is dropped: "unparsed" / "no_edit"). A header the editor
+    repeated is removed; ``\\boxed{}`` wrappers the editor added are stripped (official), those of the region
+    kept, so that chosen and rejected differ in the edit only; an edit equal to the region up to whitespace and
+    wrappers is a no-op."""
+    if edited is None:
+        return None, "unparsed"
+    if HEADER.match(edited) and not HEADER.match(region):
+        edited = HEADER.sub("", edited, count=1)
+    if "\\boxed{" not in region:
+        edited = strip_boxed(edited)
+    if strip_boxed(edited).split() == strip_boxed(region).split():
+        return None, "no_edit"
+    return head + edited, None
+
+
+def stable_seed(*parts: Any) -> int:
+    """A request seed from the config seed, record id and step (the same on every run and machine)."""
+    return zlib.crc32(":".join(map(str, parts)).encode())
 
 
 def error_kinds(region: str) -> list[str]:
@@ -155,7 +182,7 @@ def sample_stage(cfg: Config) -> Stage:
         question, gold = _field(record, "question"), _field(record, "answer")
         messages = [{"role": "user", "content": prompt("rise/solve", question=question)}]
         attempts = []
-        for c in await _completions(llm, messages, params, cfg.samples, cfg.seed):
+        for c in await _completions(llm, messages, params, cfg.samples, stable_seed(cfg.seed, record.get("id"))):
             answer = boxed(c.text)
             attempts.append({"text": c.text, "steps": split_steps(c.text), "answer": answer,
                              "correct": is_correct(answer, gold)})
@@ -194,9 +221,10 @@ def edit_stage(cfg: Config) -> Stage:
             head, region = edit_region(steps[k], cfg.region_sentences)
             previous = "\n".join(steps[:k] + ([head.strip()] if head.strip() else [])) or "(none)"
             user = prompt(f"rise/edit_{error}", question=question, previous=previous, step=region)
-            raw = (await llm.achat([{"role": "user", "content": user}], params)).text
-            new = parse_edit(raw)
-            return {"k": k, "error": error, "step": None if new is None else head + strip_boxed(new), "raw": raw}
+            seeded = replace(params, seed=stable_seed(cfg.seed, record.get("id"), k))
+            raw = (await llm.achat([{"role": "user", "content": user}], seeded)).text
+            step, dropped = rejected_step(head, region, parse_edit(raw))
+            return {"k": k, "error": error, "step": step, "dropped": dropped, "raw": raw}
 
         ks = range(min(len(steps), cfg.max_edit_steps))
         errors = [rng.choice(error_kinds(edit_region(steps[k], cfg.region_sentences)[1])) for k in ks]
