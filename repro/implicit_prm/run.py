@@ -135,6 +135,15 @@ def summarise(cfg: dict, runs: list[dict]) -> dict[str, Any]:
 
 
 def run(cfg: dict, smoke: bool) -> dict:
+    if cfg["track"] not in ("tiny", "smollm2"):
+        raise ValueError(f"track must be 'tiny' or 'smollm2', got {cfg['track']!r}")
+    if cfg["track"] == "smollm2":  # the real-model track: its own defaults (smollm2.DEFAULTS), not gated
+        if smoke:
+            raise ValueError("the SmolLM2 track has no smoke run; its plumbing is tested in "
+                             "tests/objectives/test_implicit_prm_hf.py")
+        from .smollm2 import run_smollm2
+
+        return run_smollm2({})
     if cfg["workers"] > 1:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=cfg["workers"], mp_context=ctx) as pool:
