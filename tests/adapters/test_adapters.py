@@ -2,6 +2,7 @@
 HydraLoRA == MALoRA(S = A, P = I), parameter formulas, gradients, save / load, trainable-only exact resume."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -325,3 +326,26 @@ def test_base_view_runs_the_base_without_a_copy(base, ids):
     adapted.merge()
     with pytest.raises(ValueError, match="unmerge"):
         view(ids)
+
+
+def test_base_view_leaves_other_threads_on_the_adapter(base, ids):
+    """While the view runs, another thread calling the adapted model still gets the adapter's output."""
+    adapted = adapters.apply(copy.deepcopy(base), lora(rank=4))
+    randomise_b(adapted)
+    with torch.no_grad():
+        want_adapted, want_base = adapted(ids), base(ids)
+    seen: list[torch.Tensor] = []
+
+    def meanwhile(module, inputs, output):
+        if not seen:  # once, from inside the view's forward
+            seen.append(torch.empty(0))
+            worker = threading.Thread(target=lambda: seen.append(adapted(ids)))
+            worker.start()
+            worker.join()
+
+    handle = adapted.base.layers[0].register_forward_hook(meanwhile)
+    with torch.no_grad():
+        got = adapted.base_view()(ids)
+    handle.remove()
+    assert torch.equal(got, want_base) and torch.equal(seen[1], want_adapted)
+    assert all(layer.active == "default" for _, layer in adapted.adapter_layers())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from lmlab.core.config import from_dict, to_dict
 
 from .layers import Config, LowRankMixture
 
+# True inside a BaseView call: every AdapterLinear runs its base alone. A context variable is per thread (and per
+# asyncio task), so a view never changes what another caller of the same adapted model computes.
+BASE_ONLY: ContextVar[bool] = ContextVar("lmlab_adapters_base_only", default=False)
 KIND = "lmlab-adapter"
 STEM = "adapter"  # adapter.safetensors
 
@@ -49,7 +53,7 @@ class AdapterLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.active is not None and self.merged != self.active:
+        if self.active is not None and self.merged != self.active and not BASE_ONLY.get():
             y = y + self.adapters[self.active](x).to(y.dtype)
         return y
 
@@ -277,13 +281,13 @@ class AdaptedModel(nn.Module):
 
 
 class BaseView(nn.Module):
-    """An ``AdaptedModel`` run with no adapter active, call by call (the active one is restored after each).
+    """An ``AdaptedModel`` run with every adapter off, call by call, without touching its state.
 
-    It owns no parameters (the adapted model is not registered as a submodule), so it adds nothing to an optimizer
-    or a state dict; attributes (vocab_size, device, new_cache, ...) pass through, and its mode and device are the
-    adapted model's (``view.eval()`` / ``.to()`` change nothing). A merged adapter cannot be switched off: calls then
-    raise ``set_active``'s error naming ``unmerge()``. Not thread-safe: a call switches the shared model's active
-    adapter off and back, so do not run the adapted model from another thread meanwhile."""
+    A call sets the context variable ``BASE_ONLY`` for its own duration, so other threads or tasks running the
+    adapted model meanwhile still run its active adapter. The view owns no parameters (the adapted model is not
+    registered as a submodule), so it adds nothing to an optimizer or a state dict; attributes (vocab_size, device,
+    new_cache, ...) pass through, and its mode and device are the adapted model's (``view.eval()`` / ``.to()``
+    change nothing). A merged adapter is part of the base weights: calls then raise an error naming ``unmerge()``."""
 
     def __init__(self, adapted: AdaptedModel):
         super().__init__()
@@ -296,8 +300,15 @@ class BaseView(nn.Module):
             return getattr(self.__dict__["adapted"], name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self.__dict__["adapted"].using(None):
-            return self.__dict__["adapted"](*args, **kwargs)
+        adapted = self.__dict__["adapted"]
+        if adapted.merged is not None:
+            raise ValueError(f"adapter {adapted.merged!r} is merged into the base weights, so the base alone cannot "
+                             "run; unmerge() before using the base view")
+        token = BASE_ONLY.set(True)
+        try:
+            return adapted(*args, **kwargs)
+        finally:
+            BASE_ONLY.reset(token)
 
 
 def apply(model: nn.Module, cfg: Config, name: str = "default") -> AdaptedModel:
