@@ -103,6 +103,16 @@ def sample_candidates(model: Any, prompt: list[int], max_new_tokens: int, cfg: C
     return out
 
 
+def scored_candidates(model: Any, prompt: list[int] | Any, max_new_tokens: int, cfg: Config, scorer: Scorer,
+                      seed: int | None, eos_id: int | None) -> tuple[list[list[int]], RerankStats]:
+    """The checked request's candidates, and stats holding their counts and scores."""
+    stats = RerankStats()
+    prompt = check_request(model, prompt, max_new_tokens)
+    cands = sample_candidates(model, prompt, max_new_tokens, cfg, seed, eos_id, stats)
+    stats.scores = checked_scores(scorer, prompt, cands)
+    return cands, stats
+
+
 def checked_scores(scorer: Scorer, prompt: list[int], candidates: list[list[int]]) -> list[float]:
     scores = [float(s) for s in scorer(prompt, candidates)]
     if len(scores) != len(candidates):
@@ -139,10 +149,8 @@ class BestOfN:
 
     def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
                  eos_id: int | None = None) -> Generation:
-        t0, stats = time.perf_counter(), RerankStats()
-        prompt = check_request(model, prompt, max_new_tokens)
-        cands = sample_candidates(model, prompt, max_new_tokens, self.cfg, seed, eos_id, stats)
-        stats.scores = checked_scores(self.scorer, prompt, cands)
+        t0 = time.perf_counter()
+        cands, stats = scored_candidates(model, prompt, max_new_tokens, self.cfg, self.scorer, seed, eos_id)
         stats.chosen = max(range(len(cands)), key=lambda i: (stats.scores[i], -i))
         stats.seconds = time.perf_counter() - t0
         return Generation(cands[stats.chosen], stats)
@@ -172,10 +180,8 @@ class WeightedVote:
 
     def generate(self, model: Any, prompt: list[int] | Any, max_new_tokens: int, seed: int | None = None,
                  eos_id: int | None = None) -> Generation:
-        t0, stats = time.perf_counter(), RerankStats()
-        prompt = check_request(model, prompt, max_new_tokens)
-        cands = sample_candidates(model, prompt, max_new_tokens, self.cfg, seed, eos_id, stats)
-        stats.scores = checked_scores(self.scorer, prompt, cands)
+        t0 = time.perf_counter()
+        cands, stats = scored_candidates(model, prompt, max_new_tokens, self.cfg, self.scorer, seed, eos_id)
         answers = [self.answer_of(c) for c in cands]
         weights = [sigmoid(s) if self.cfg.weight == "sigmoid" else s for s in stats.scores]
         voters = [i for i, a in enumerate(answers) if a is not None] or list(range(len(answers)))

@@ -91,18 +91,17 @@ def generate_text(model: str | Any, prompt: str, *, decoder: str = "greedy", dra
     caps = DECODERS.entry(decoder).caps
     if draft is not None and "draft" not in caps:
         raise ValueError(f"a draft is only used by chain_sd, tree_sd and gsd, not by {decoder!r}")
-    rerank = {}
     spec_only = [k for k, v in (("scorer_overrides", scorer_overrides), ("step_sep", step_sep)) if v]
-    if "rerank" not in caps:
-        if scorer is not None or answer is not None or spec_only:
-            raise ValueError(f"a scorer is only used by the best-of-N decoders {rerank_decoders()}, not by "
-                             f"{decoder!r}")
-    elif isinstance(scorer, str):
-        scorer = load_scorer(scorer, tok, target=target, overrides=scorer_overrides, step_sep=step_sep)
-    elif spec_only:
-        raise ValueError(f"{', '.join(spec_only)} configure a scorer named by a spec string; this scorer is an object")
+    rerank = {}
     if "rerank" in caps:
+        if isinstance(scorer, str):
+            scorer = load_scorer(scorer, tok, target=target, overrides=scorer_overrides, step_sep=step_sep)
+        elif spec_only:
+            raise ValueError(f"{', '.join(spec_only)} configure a scorer named by a spec string; this scorer is an "
+                             "object")
         rerank = {"scorer": scorer, "answer_of": answer_extractor(answer, tok)}
+    elif scorer is not None or answer is not None or spec_only:
+        raise ValueError(f"a scorer is only used by the best-of-N decoders {rerank_decoders()}, not by {decoder!r}")
     dec = build(decoder, cfg, draft=load_draft(draft, target, tok) if draft else None, **rerank)  # cfg: overrides
     text = prompt
     if chat:
