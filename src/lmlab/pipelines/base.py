@@ -32,6 +32,16 @@ class Pipeline:
     prompt_version: str = ""
 
 
+def record_text(record: dict[str, Any], key: str, numbers: bool = False) -> str:
+    """``record[key]`` as text: a string (or, with ``numbers``, an int or float), else a ValueError naming the
+    record's id and the key (the runner writes it to the errors file)."""
+    value = record.get(key)
+    if not (isinstance(value, str) or (numbers and isinstance(value, int | float) and not isinstance(value, bool))):
+        kind = "string or number" if numbers else "string"
+        raise ValueError(f"record {record.get('id')!r} needs a {key!r} ({kind}), got {value!r}")
+    return str(value)
+
+
 def prompt(name: str, root: Path = PROMPTS, **values: Any) -> str:
     """Render the template ``<root>/<name>.txt`` with ``values``; a placeholder without a value is an error."""
     path = root / f"{name}.txt"

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from lmlab.core.chat import ChatClient, ChatParams
 from lmlab.core.config import param
-from lmlab.pipelines.base import Pipeline, Stage, prompt, prompts_version
+from lmlab.pipelines.base import Pipeline, Stage, prompt, prompts_version, record_text
 from lmlab.pipelines.runner import Summary, run
 
 from .metrics import METRICS, majority_vote, metric_fn, prefer
@@ -81,12 +81,6 @@ def parse_rating(text: str) -> int:
     return int(found.pop())
 
 
-def _field(record: dict[str, Any], key: str) -> str:
-    if not isinstance(record.get(key), str):
-        raise ValueError(f"record {record.get('id')!r} needs a string {key!r}, got {record.get(key)!r}")
-    return record[key]
-
-
 async def _ask(llm: ChatClient, user: str, params: ChatParams, system: str | None = None) -> str:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     text = (await llm.achat(messages, params)).text.strip()
@@ -100,11 +94,11 @@ def revise_stage(cfg: Config) -> Stage:
     params = ChatParams(temperature=cfg.reviser_temperature, max_tokens=cfg.reviser_max_tokens)
 
     async def revise(record: dict[str, Any], llm: ChatClient) -> dict[str, Any]:
-        x = _field(record, "instruction")
+        x = record_text(record, "instruction")
         if cfg.form == "pointwise":
-            text = prompt("reviseval/revise_pointwise", instruction=x, response=_field(record, "response"))
+            text = prompt("reviseval/revise_pointwise", instruction=x, response=record_text(record, "response"))
             return record | {"reference": await _ask(llm, text, params)}
-        ys = {"A": _field(record, "response_a"), "B": _field(record, "response_b")}
+        ys = {"A": record_text(record, "response_a"), "B": record_text(record, "response_b")}
         targets = ("A", "B") if cfg.both_orders else ("B",)
         texts = [prompt("reviseval/revise_pairwise", instruction=x, response=ys[t], other=ys["B" if t == "A" else "A"])
                  for t in targets]
@@ -119,7 +113,7 @@ def judge_stage(cfg: Config) -> Stage:
     params = ChatParams(temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
 
     async def judge(record: dict[str, Any], llm: ChatClient) -> dict[str, Any]:
-        x = _field(record, "instruction")
+        x = record_text(record, "instruction")
         if cfg.form == "pointwise":
             user = prompt("reviseval/judge_pointwise", instruction=x, reference=record["reference"],
                           response=record["response"])
@@ -171,8 +165,8 @@ class RevisEval:
         """The records with classic metrics against their adapted references: pointwise ``metrics`` {name: score};
         pairwise ``metrics`` {name: {"A", "B"}} (mean over references), ``metric_votes`` and ``majority``."""
         if self.cfg.form == "pointwise":
-            hyps = [_field(r, "response") for r in records]
-            refs = [_field(r, "reference") for r in records]
+            hyps = [record_text(r, "response") for r in records]
+            refs = [record_text(r, "reference") for r in records]
             table = {m: self._metric(m)(hyps, refs) for m in self.cfg.metrics}
             return [r | {"metrics": {m: table[m][i] for m in table}} for i, r in enumerate(records)]
         # one (response, reference) pair per record x side x reference

@@ -23,7 +23,7 @@ from typing import Any
 
 from lmlab.core.chat import ChatClient, ChatParams, Completion
 from lmlab.core.config import param
-from lmlab.pipelines.base import Pipeline, Stage, prompt, prompts_version
+from lmlab.pipelines.base import Pipeline, Stage, prompt, prompts_version, record_text
 from lmlab.pipelines.runner import Summary, run
 
 STEP = re.compile(r"(?:^|\n)\s*(?=Step \d+:)")  # official split: "\nStep k:"
@@ -159,12 +159,6 @@ def parse_edit(answer: str) -> str | None:
 # ---------------------------------------------------------------- stages
 
 
-def _field(record: dict[str, Any], key: str) -> str:
-    if not isinstance(record.get(key), str | int | float) or isinstance(record.get(key), bool):
-        raise ValueError(f"record {record.get('id')!r} needs a {key!r} (text or number), got {record.get(key)!r}")
-    return str(record[key])
-
-
 async def _completions(llm: ChatClient, messages: list[dict[str, str]], params: ChatParams, n: int,
                        seed: int) -> list[Completion]:
     """n completions: one request with ``n`` when the client can, else n requests with seeds seed .. seed+n-1."""
@@ -179,7 +173,7 @@ def sample_stage(cfg: Config) -> Stage:
     params = ChatParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
 
     async def sample(record: dict[str, Any], llm: ChatClient) -> dict[str, Any]:
-        question, gold = _field(record, "question"), _field(record, "answer")
+        question, gold = record_text(record, "question", numbers=True), record_text(record, "answer", numbers=True)
         messages = [{"role": "user", "content": prompt("rise/solve", question=question)}]
         attempts = []
         for c in await _completions(llm, messages, params, cfg.samples, stable_seed(cfg.seed, record.get("id"))):
@@ -213,7 +207,7 @@ def edit_stage(cfg: Config) -> Stage:
         full = choose_full_pair(record, cfg.seed)
         if full is None:
             return record | {"full": None, "edits": []}
-        question = _field(record, "question")
+        question = record_text(record, "question", numbers=True)
         steps = record["attempts"][full["chosen"]]["steps"]
         rng = random.Random(f"{cfg.seed}:{record.get('id')}:edit")
 
