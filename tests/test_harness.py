@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.core.results import bench_record
-from lmlab.harness import ABCase, ab_cases, measure_alternately
+from lmlab.harness import ABCase, ab_cases, map_jobs, measure_alternately
 
 
 def recording_arms(calls: list, values: dict[str, list[float]]) -> dict:
@@ -69,3 +69,18 @@ def test_the_old_thread_count_comes_back_when_an_arm_fails():
 def test_a_bad_case_is_refused_with_its_label(arms, rounds, match):
     with pytest.raises(ValueError, match=f"case 'bad': {match}"):
         ABCase("bad", arms, rounds)
+
+
+def power_and_pid(base: int, exp: int) -> tuple[int, int]:
+    import os
+
+    return base ** exp, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_jobs_keeps_the_order_in_process_or_forked(workers):
+    import os
+
+    out = map_jobs(power_and_pid, [(2, 3), (3, 2), (5, 1)], workers)
+    assert [v for v, _ in out] == [8, 9, 5]
+    assert all((pid == os.getpid()) == (workers == 1) for _, pid in out)  # forked workers run elsewhere

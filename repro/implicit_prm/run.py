@@ -19,16 +19,15 @@ mean over seeds. Seeds run ``workers`` at a time in forked processes, one torch 
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from statistics import mean
 from typing import Any
 
 import torch
 
+from lmlab.harness import map_jobs
 from lmlab.objectives import labelling_cost as lc
 
 from . import evaluate as ev
@@ -144,10 +143,5 @@ def run(cfg: dict, smoke: bool) -> dict:
         from .smollm2 import run_smollm2
 
         return run_smollm2({})
-    if cfg["workers"] > 1:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=cfg["workers"], mp_context=ctx) as pool:
-            runs = list(pool.map(seed_job, [cfg] * len(cfg["seeds"]), cfg["seeds"]))
-    else:
-        runs = [seed_job(cfg, s) for s in cfg["seeds"]]
+    runs = map_jobs(seed_job, [(cfg, s) for s in cfg["seeds"]], cfg["workers"])
     return summarise(cfg, runs)

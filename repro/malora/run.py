@@ -15,13 +15,12 @@ Training jobs run ``workers`` at a time in forked processes, one torch thread ea
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 from typing import Any
 
 from lmlab.core.runtime import threads
+from lmlab.harness import map_jobs
 
 from . import experiment as ex
 from .tasks import FINETUNE
@@ -45,11 +44,7 @@ def job(cfg: dict, kind: str, arm: str, rank: int, seed: int) -> dict:
 
 
 def run_jobs(cfg: dict, jobs: list[tuple]) -> list[dict]:
-    if cfg["workers"] > 1:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=cfg["workers"], mp_context=ctx) as pool:
-            return list(pool.map(job, [cfg] * len(jobs), *zip(*jobs)))
-    return [job(cfg, *j) for j in jobs]
+    return map_jobs(job, [(cfg, *j) for j in jobs], cfg["workers"])
 
 
 def main_metrics(cfg: dict, results: dict[tuple, dict]) -> dict[str, Any]:

@@ -16,10 +16,8 @@ within a seed, then averaged; ``<task>_mgdm_minus_ar_min`` is the worst seed's g
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 
 import torch
@@ -28,6 +26,7 @@ from lmlab.core.train import TrainConfig
 from lmlab.core.transformer import TransformerConfig
 from lmlab.decoding.masked import Config as DecodeConfig
 from lmlab.decoding.masked import masked_decode
+from lmlab.harness import map_jobs
 from lmlab.recipes.tasks import TaskDataConfig, accuracy, build_task, solve, train_on_task
 
 SHORT = {"causal_lm": "ar", "mdm": "mdm", "mgdm": "mgdm"}
@@ -89,13 +88,8 @@ def run(cfg: dict, smoke: bool) -> dict:
         arms_of.setdefault(t, cfg["hard_arms"])
     seeds = cfg["seeds"]
     jobs = [(t, a, s) for s in seeds for t, arms in arms_of.items() for a in arms]
-    workers = cfg.get("workers", 1)
-    if workers > 1:  # arms are independent: one process each (fork keeps this module; 1 torch thread each)
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            parts = list(pool.map(run_arm, [cfg] * len(jobs), *zip(*jobs)))
-    else:
-        parts = [run_arm(cfg, t, a, s) for t, a, s in jobs]
+    # arms are independent: one process each (1 torch thread each)
+    parts = map_jobs(run_arm, [(cfg, *j) for j in jobs], cfg.get("workers", 1))
     per_seed: dict[int, dict] = {s: {} for s in seeds}
     for (_, _, seed), part in zip(jobs, parts):
         per_seed[seed].update(part)

@@ -13,16 +13,14 @@ time in forked processes, one torch thread each.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 from typing import Any
 
 import torch
 
-from lmlab.harness import repro_module
+from lmlab.harness import map_jobs, repro_module
 
 from . import arms as ar
 from . import evaluate as ev
@@ -79,10 +77,5 @@ def summarise(cfg: dict, runs: list[dict]) -> dict[str, Any]:
 
 
 def run(cfg: dict, smoke: bool) -> dict:
-    if cfg["workers"] > 1:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=cfg["workers"], mp_context=ctx) as pool:
-            runs = list(pool.map(seed_job, [cfg] * len(cfg["seeds"]), cfg["seeds"]))
-    else:
-        runs = [seed_job(cfg, s) for s in cfg["seeds"]]
+    runs = map_jobs(seed_job, [(cfg, s) for s in cfg["seeds"]], cfg["workers"])
     return summarise(cfg, runs)

@@ -110,6 +110,18 @@ def repro_module(slug: str, name: str = "run", root: Path | None = None, fresh: 
     return importlib.import_module(f"{package}.{name}")
 
 
+def map_jobs(fn: Callable[..., Any], jobs: list[tuple], workers: int) -> list[Any]:
+    """``[fn(*job) for job in jobs]`` in order: in ``workers`` forked processes when ``workers`` > 1 (each job
+    sets its own torch threads; fork keeps the caller's modules), else in this process."""
+    if workers <= 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(fn, *zip(*jobs)))
+
+
 def is_full_run(smoke: bool, overrides: list[str] | None) -> bool:
     """Whether a run is the reproduction's record: its own config, neither smoke nor ``--set`` overrides."""
     return not smoke and not overrides
