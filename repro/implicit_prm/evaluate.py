@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.objectives.implicit_prm import EVAL_COEF, first_error_accuracy, majority_vote, weighted_vote
+from lmlab.decoding.rerank import majority_vote, weighted_vote
+from lmlab.objectives.implicit_prm import EVAL_COEF, first_error_accuracy
 
 from .experiment import Rollouts
 from .rewards import bon_accuracy

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lmlab.core.data import ExampleBatches
 from lmlab.core.train import LossOutput, TrainConfig, Trainer
+from lmlab.decoding.rerank import best_index
 from lmlab.objectives.dpo import DPO, CEConfig, CEReward
 from lmlab.objectives.dpo import Config as DPOConfig
 from lmlab.objectives.implicit_prm import Config as PRMConfig
@@ -156,9 +157,8 @@ def value_model(policy: torch.nn.Module, value_id: int) -> torch.nn.Module:
 
 def bon_accuracy(scores: list[float] | torch.Tensor, ok: list[bool], n: int) -> float:
     """Share of prompts whose highest-scored sample (ties: the earliest) is ``ok``."""
-    s = torch.as_tensor(scores, dtype=torch.float64).view(-1, n)
-    pick = s.argmax(-1)  # first maximum
-    return sum(ok[i * n + int(j)] for i, j in enumerate(pick)) / s.shape[0]
+    s = torch.as_tensor(scores, dtype=torch.float64).view(-1, n).tolist()
+    return sum(ok[i * n + best_index(row)] for i, row in enumerate(s)) / len(s)
 
 
 def train_orm(policy: torch.nn.Module, ro: Rollouts, val: Rollouts, cfg: dict, seed: int, value_id: int):

@@ -10,8 +10,16 @@ from scipy.stats import chisquare
 from lmlab.decoding import build, rerank_decoders, token_decoders
 from lmlab.decoding.reference import Config as SampleConfig
 from lmlab.decoding.reference import Sample
-from lmlab.decoding.rerank import BestOfN, Config, VoteConfig, WeightedVote
-from lmlab.objectives.implicit_prm import ImplicitPRM, as_scorer, weighted_vote
+from lmlab.decoding.rerank import (
+    BestOfN,
+    Config,
+    VoteConfig,
+    WeightedVote,
+    best_index,
+    majority_vote,
+    weighted_vote,
+)
+from lmlab.objectives.implicit_prm import EVAL_COEF, ImplicitPRM, as_scorer
 
 PROMPT = [3, 1, 4, 1, 5]
 
@@ -67,7 +75,7 @@ def test_weighted_vote_picks_the_larger_summed_sigmoid(target):
     dec = WeightedVote(VoteConfig(n=8), scorer=favour_minority, answer_of=answer_of)
     gen = dec.generate(target, PROMPT, 10, seed=5)
     assert answer_of(gen.tokens) == 1 - majority and gen.tokens in samples(target, 8, 5)
-    cands = samples(target, 8, 5)  # the decoder's vote agrees with the objectives family's helper
+    cands = samples(target, 8, 5)  # the decoder's vote agrees with the vote over the stored scores
     assert answer_of(gen.tokens) == weighted_vote(answers, favour_minority(PROMPT, cands))
     sig = lambda s: 1 / (1 + math.exp(-s))  # noqa: E731
     assert gen.stats.votes[1 - majority] == pytest.approx(answers.count(1 - majority) * sig(4.0))
@@ -84,6 +92,24 @@ def test_best_of_n_with_the_implicit_prm(target):
     scores = scorer(PROMPT, samples(target, 4, 0))
     assert gen.stats.scores == pytest.approx(scores) and gen.stats.chosen == scores.index(max(scores))
     assert len(set(scores)) == 4
+
+
+def test_voting_and_best_of_n_on_hand_made_groups():
+    answers, scores = [1, 1, 1, 2, 2], [-3.0, -3.0, -3.0, 3.0, 3.0]
+    assert majority_vote(answers) == 1  # 3 votes against 2
+    assert weighted_vote(answers, scores) == 2  # 2 * sigmoid(3) = 1.90 > 3 * sigmoid(-3) = 0.14
+    assert weighted_vote(answers, [0.0] * 5) == 1
+    # the official 0.001 coefficient: the weights are ~0.5, so the vote is majority vote
+    assert weighted_vote(answers, [EVAL_COEF * s for s in scores]) == 1
+    assert weighted_vote(["a", "b"], [1.0, 1.0]) == "a" and majority_vote(["b", "a"]) == "b"  # ties: seen first
+    assert best_index([0.1, 0.7, 0.7, -1.0]) == 1
+    for bad in (lambda: best_index([]), lambda: weighted_vote([], []), lambda: majority_vote([])):
+        with pytest.raises(ValueError, match="empty group"):
+            bad()
+    with pytest.raises(ValueError, match="2 answers but 1 scores"):
+        weighted_vote([1, 2], [0.0])
+    with pytest.raises(ValueError, match="NaN"):
+        best_index([0.0, float("nan")])
 
 
 def test_bad_input_is_named(target):

@@ -12,18 +12,14 @@ from lmlab import adapters
 from lmlab.adapters.layers import lora
 from lmlab.core.transformer import Transformer
 from lmlab.objectives.implicit_prm import (
-    EVAL_COEF,
     Config,
     ImplicitPRM,
     aggregate,
     as_scorer,
-    best_of_n,
     best_threshold,
     first_error_accuracy,
-    majority_vote,
     processbench_f1,
     step_ends_from_separator,
-    weighted_vote,
 )
 from lmlab.objectives.preference import naive_sequence_logprob, token_logprobs
 from lmlab.objectives.preference import response_batch as batch
@@ -180,24 +176,6 @@ def test_processbench_f1_and_threshold_search():
     assert (wrong, right) == (0.5, 0.5) and f1 == pytest.approx(0.5)
     t, best = best_threshold(scores, truth)
     assert best == 1.0 and 0.2 < t <= 0.6
-
-
-def test_voting_and_best_of_n_on_hand_made_groups():
-    answers, scores = [1, 1, 1, 2, 2], [-3.0, -3.0, -3.0, 3.0, 3.0]
-    assert majority_vote(answers) == 1  # 3 votes against 2
-    assert weighted_vote(answers, scores) == 2  # 2 * sigmoid(3) = 1.90 > 3 * sigmoid(-3) = 0.14
-    assert weighted_vote(answers, [0.0] * 5) == 1
-    # the official 0.001 coefficient: the weights are ~0.5, so the vote is majority vote
-    assert weighted_vote(answers, [EVAL_COEF * s for s in scores]) == 1
-    assert weighted_vote(["a", "b"], [1.0, 1.0]) == "a" and majority_vote(["b", "a"]) == "b"  # ties: seen first
-    assert best_of_n([0.1, 0.7, 0.7, -1.0]) == 1
-    for bad in (lambda: best_of_n([]), lambda: weighted_vote([], []), lambda: majority_vote([])):
-        with pytest.raises(ValueError, match="empty group"):
-            bad()
-    with pytest.raises(ValueError, match="2 answers but 1 scores"):
-        weighted_vote([1, 2], [0.0])
-    with pytest.raises(ValueError, match="NaN"):
-        best_of_n([0.0, float("nan")])
 
 
 def test_as_scorer_equals_the_batched_score(pair):

@@ -11,13 +11,15 @@ selections: best-of-N argmax, and a vote summing ``sigmoid(score)`` per distinct
     pick.tokens, pick.stats.scores, pick.stats.chosen
 
 Registered as ``best_of_n`` and ``weighted_vote`` (cap "rerank"): ``decoding.build("best_of_n", scorer=scorer)``.
+The selection rules are also functions over scores already computed (``best_index``, ``weighted_vote``,
+``majority_vote``), e.g. for scoring stored rollouts.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,12 +128,43 @@ def sigmoid(s: float) -> float:
     return 1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s))
 
 
-def vote(answers: list[Hashable], weights: list[float]) -> tuple[Hashable, dict[Any, float]]:
+def best_index(scores: Sequence[float]) -> int:
+    """Index of the highest score (ties: the earliest candidate); an empty group or a NaN score is an error."""
+    if len(scores) == 0:
+        raise ValueError("best-of-N got an empty group of candidates")
+    vals = [float(s) for s in scores]
+    if any(math.isnan(v) for v in vals):
+        raise ValueError(f"scores contain NaN: {vals}")
+    return max(range(len(vals)), key=lambda i: (vals[i], -i))
+
+
+def vote(answers: Sequence[Hashable], weights: Sequence[float]) -> tuple[Hashable, dict[Any, float]]:
     """(the answer with the largest summed weight, ties: the answer seen first; the totals per answer)."""
+    if len(answers) == 0:
+        raise ValueError("the vote got an empty group of candidates")
+    if len(answers) != len(weights):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} scores")
     totals: dict[Any, float] = {}
     for a, w in zip(answers, weights):
         totals[a] = totals.get(a, 0.0) + w
-    return max(totals, key=lambda a: totals[a]), totals
+    return max(totals, key=lambda a: totals[a]), totals  # dicts keep first-seen order; max keeps the first of equals
+
+
+def vote_weights(scores: Sequence[float], weight: str = "sigmoid") -> list[float]:
+    """A vote weight per score: ``sigmoid(score)`` (implicit PRM, the official vote) or the score itself."""
+    if weight not in WEIGHTS:
+        raise ValueError(f"weight {weight!r} is not one of {WEIGHTS}")
+    return [sigmoid(float(s)) if weight == "sigmoid" else float(s) for s in scores]
+
+
+def weighted_vote(answers: Sequence[Hashable], scores: Sequence[float], weight: str = "sigmoid") -> Hashable:
+    """The answer with the largest sum of ``weight(score)`` over its candidates (ties: the answer seen first)."""
+    return vote(answers, vote_weights(scores, weight))[0]
+
+
+def majority_vote(answers: Sequence[Hashable]) -> Hashable:
+    """The most frequent answer (ties: the answer seen first)."""
+    return vote(answers, [1.0] * len(answers))[0]
 
 
 def check_scorer(scorer: Any) -> Scorer:
@@ -151,7 +184,7 @@ class BestOfN:
                  eos_id: int | None = None) -> Generation:
         t0 = time.perf_counter()
         cands, stats = scored_candidates(model, prompt, max_new_tokens, self.cfg, self.scorer, seed, eos_id)
-        stats.chosen = max(range(len(cands)), key=lambda i: (stats.scores[i], -i))
+        stats.chosen = best_index(stats.scores)
         stats.seconds = time.perf_counter() - t0
         return Generation(cands[stats.chosen], stats)
 
@@ -183,7 +216,7 @@ class WeightedVote:
         t0 = time.perf_counter()
         cands, stats = scored_candidates(model, prompt, max_new_tokens, self.cfg, self.scorer, seed, eos_id)
         answers = [self.answer_of(c) for c in cands]
-        weights = [sigmoid(s) if self.cfg.weight == "sigmoid" else s for s in stats.scores]
+        weights = vote_weights(stats.scores, self.cfg.weight)
         voters = [i for i, a in enumerate(answers) if a is not None] or list(range(len(answers)))
         winner, stats.votes = vote([answers[i] for i in voters], [weights[i] for i in voters])
         stats.chosen = max((i for i, a in enumerate(answers) if a == winner), key=lambda i: (stats.scores[i], -i))

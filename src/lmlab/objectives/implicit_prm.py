@@ -13,7 +13,9 @@ Scoring, as the official evaluation does it: token reward ``beta * (logp_theta -
 response; cumulative sum gathered at the last token of each step gives the "accumulative" values q^t (the first
 step's sum starts at the end of the prompt, i.e. from 0); first differences give the "single" per-step rewards
 r^t; one number per response by ``min`` (the paper's PRM view) or ``sum`` (of single rewards = the outcome reward,
-the ORM view); best-of-N takes the argmax; weighted majority vote sums ``sigmoid(score)`` per distinct final answer.
+the ORM view); best-of-N takes the argmax; weighted majority vote sums ``sigmoid(score)`` per distinct final answer
+(both rules live in ``decoding.rerank``: the ``best_of_n`` / ``weighted_vote`` decoders and ``best_index`` /
+``weighted_vote`` over stored scores).
 "w/o ref" (``use_reference=False``) uses ``beta * logp_theta`` alone.
 
 Defaults and sources:
@@ -31,8 +33,7 @@ padding is excluded by per-row lists instead of the official 1e3 fill.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +187,7 @@ def as_scorer(prm: ImplicitPRM, sep_ids: Sequence[int] = (), pad_id: int = 0
     return scorer
 
 
-# ---- evaluation: first-error localisation (ProcessBench-style), best-of-N, voting ----
+# ---- evaluation: first-error localisation (ProcessBench-style); best-of-N and votes are decoding.rerank's
 
 @dataclass
 class FirstError:
@@ -246,36 +247,3 @@ def best_threshold(step_scores: Sequence[Sequence[float]],
     cuts = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
     best = max(cuts, key=lambda c: processbench_f1(step_scores, true_first_error, c)[2])
     return best, processbench_f1(step_scores, true_first_error, best)[2]
-
-
-def best_of_n(scores: Sequence[float]) -> int:
-    """Index of the highest score (ties: the earliest candidate)."""
-    if len(scores) == 0:
-        raise ValueError("best_of_n got an empty group of candidates")
-    vals = [float(s) for s in scores]
-    if any(math.isnan(v) for v in vals):
-        raise ValueError(f"scores contain NaN: {vals}")
-    return max(range(len(vals)), key=lambda i: (vals[i], -i))
-
-
-def majority_vote(answers: Sequence[Hashable]) -> Hashable:
-    """The most frequent answer (ties: the answer seen first)."""
-    return weighted_vote(answers, [1.0] * len(answers), transform="identity")
-
-
-def weighted_vote(answers: Sequence[Hashable], scores: Sequence[float], transform: str = "sigmoid") -> Hashable:
-    """The answer with the largest sum of ``transform(score)`` over its candidates (ties: the answer seen first).
-
-    ``transform`` "sigmoid" (the implicit PRM's weights) or "identity" (raw scores, for other reward models)."""
-    if len(answers) == 0:
-        raise ValueError("weighted_vote got an empty group of candidates")
-    if len(answers) != len(scores):
-        raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
-    fns = {"sigmoid": lambda s: 1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)),
-           "identity": lambda s: s}
-    if transform not in fns:
-        raise ValueError(f"transform {transform!r} is not one of {tuple(fns)}")
-    totals: dict[Hashable, float] = {}
-    for a, s in zip(answers, scores):
-        totals[a] = totals.get(a, 0.0) + fns[transform](float(s))
-    return max(totals, key=lambda a: totals[a])  # dicts keep first-seen order; max keeps the first of equals
