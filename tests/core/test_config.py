@@ -101,3 +101,27 @@ def test_a_partial_nested_table_keeps_the_jobs_own_defaults():
     task = from_dict(TaskJob, {"train": {"steps": 5}, "model": {"dim": 32, "n_heads": 4}})
     assert (task.train.lr, task.model.n_layers, task.model.max_seq_len) == (3e-3, 2, 64)
     assert (task.model.n_kv_heads, task.model.ffn_dim) == (4, 96)  # derived from n_heads 4 and dim 32
+
+
+def test_slot_args_take_dotted_overrides_and_reach_the_component():
+    from dataclasses import dataclass
+
+    from lmlab.core.blocks import slot_options
+    from lmlab.core.transformer import TransformerConfig
+    from lmlab.recipes.text import TextJob
+
+    @dataclass
+    class Opts:
+        experts: int = param(4, "experts")
+        top_k: int = param(1, "active experts")
+
+    job = apply_overrides(TextJob(), ["model.slot_args.mlp.experts=8", "model.slot_args.mlp.top_k=2"])
+    assert job.model.slot_args == {"mlp": {"experts": 8, "top_k": 2}}
+    assert slot_options(job.model, "mlp", Opts) == Opts(8, 2)
+    assert from_dict(TransformerConfig, to_dict(job.model)) == job.model  # saved and read back
+    inline = apply_overrides(TransformerConfig(), ["slot_args={mlp = {experts = 3}}"])
+    assert slot_options(inline, "mlp", Opts) == Opts(3, 1)
+    with pytest.raises(ConfigError, match="model.slot_args.mlp.expert"):
+        slot_options(apply_overrides(TransformerConfig(), ["slot_args.mlp.expert=8"]), "mlp", Opts)
+    with pytest.raises(ValueError, match="'ffn'"):
+        TransformerConfig(slot_args={"ffn": {"experts": 2}})

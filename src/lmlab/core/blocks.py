@@ -270,6 +270,13 @@ def register(slot: str, name: str, cls: type | str) -> None:
     SLOTS[slot][name] = cls
 
 
+def slot_options(cfg: Any, slot: str, cls: type) -> Any:
+    """The ``cls`` config a slot component reads from ``cfg.slot_args[slot]`` (bad keys name ``model.slot_args``)."""
+    from .config import from_dict
+
+    return from_dict(cls, dict(getattr(cfg, "slot_args", {}).get(slot, {})), prefix=f"model.slot_args.{slot}.")
+
+
 def component(slot: str, name: str) -> type:
     """The class a slot name stands for: a short name from ``SLOTS`` or a ``"module:attr"`` path."""
     from .registry import load_target

@@ -203,12 +203,19 @@ def merge_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
                 raise ConfigError(f"unknown config key '{key}'; known keys of {where}: {', '.join(sorted(fields))}")
             if i == len(parts) - 1:
                 break
+            if typing.get_origin(_hints(owner)[p]) is dict:  # a free-form table: the rest of the key are its keys
+                node = node.setdefault(p, {})
+                for q in parts[i + 1:-1]:
+                    if not isinstance(node.setdefault(q, {}), dict):
+                        raise ConfigError(f"config key '{key}': '{q}' is not a table")
+                    node = node[q]
+                break
             owner = _hints(owner)[p]
             if not _is_config(owner):
                 raise ConfigError(f"config key '{key}': '{p}' is not a table")
             node = node.setdefault(p, {})
         value = _parse_scalar(text.strip())
-        if _hints(owner)[parts[-1]] is str and not isinstance(value, str):
+        if _is_config(owner) and _hints(owner).get(parts[-1]) is str and not isinstance(value, str):
             value = text.strip()  # a string field given a number-like value keeps the text
         node[parts[-1]] = value
     return out

@@ -45,6 +45,8 @@ class TransformerConfig:
     tie_embeddings: bool = param(True, "share input embedding and output head weights")
     bias: bool = param(False, "biases in linear layers")
     init_std: float = param(0.02, "std of the normal init of linear and embedding weights")
+    slot_args: dict[str, dict[str, Any]] = param({}, "options of the slot components, one table per slot, "
+                                                 "e.g. {mlp = {experts = 8, top_k = 2}} (--set model.slot_args.mlp.top_k=2)")
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -54,6 +56,10 @@ class TransformerConfig:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for slot, table in self.slot_args.items():
+            if slot not in ("attn", "mlp", "pos", "norm") or not isinstance(table, dict):
+                raise ValueError(f"TransformerConfig.slot_args: {slot!r} = {table!r}; expected a table per slot "
+                                 "(attn, mlp, pos, norm)")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim {self.dim} must be divisible by n_heads {self.n_heads}, "
                              f"and n_heads by n_kv_heads {self.n_kv_heads}")
