@@ -45,8 +45,8 @@ class TransformerConfig:
     tie_embeddings: bool = param(True, "share input embedding and output head weights")
     bias: bool = param(False, "biases in linear layers")
     init_std: float = param(0.02, "std of the normal init of linear and embedding weights")
-    slot_args: dict[str, dict[str, Any]] = param({}, "options of the slot components, one table per slot, "
-                                                 "e.g. {mlp = {experts = 8, top_k = 2}} (--set model.slot_args.mlp.top_k=2)")
+    slot_args: dict[str, dict[str, Any]] = param({}, "options of the slot components, one table per slot, e.g. "
+                                                 "{mlp = {experts = 8, top_k = 2}}; --set model.slot_args.mlp.top_k=2")
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
