@@ -65,8 +65,9 @@ def test_file_size_budgets():
     assert not too_big, too_big
     core = sum(len(p.read_text().splitlines()) for p in py_files(SRC / "core"))
     # 3850: the wave-2 core (LM protocol, block context, device/aux/frozen-aware Trainer, scoring, chat clients:
-    # OpenAI-compatible, SQLite response cache, scripted, the --llm factory)
-    assert core <= 3850, f"core/ has {core} lines > 3850"
+    # OpenAI-compatible, SQLite response cache, scripted, the --llm factory); 4100: hybrid attention (sliding
+    # window + cross-layer KV sharing) with its ring-buffer cache and KV planner, document packing
+    assert core <= 4100, f"core/ has {core} lines > 4100"
 
 
 def test_no_junk_drawers():

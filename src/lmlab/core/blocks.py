@@ -257,7 +257,7 @@ SLOTS: dict[str, dict[str, type | str]] = {
     "pos": {"rope": RoPE, "nope": NoPE},
     "attn": {"sdpa": Attention, "naive": NaiveAttention},
     "mlp": {"swiglu": GatedMLP, "reglu": ReGLU, "relu": PlainMLP, "silu": SiLUMLP, "gelu": GELUMLP,
-            "relu2": ReLU2MLP},
+            "relu2": ReLU2MLP, "moe": "lmlab.models.moe:MoEMLP"},
 }
 
 
