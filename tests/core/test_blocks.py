@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from lmlab.core.blocks import Context, GatedMLP, component, register
+from lmlab.core.blocks import GatedMLP, component, register
 from lmlab.core.transformer import Transformer, TransformerConfig
 
 
@@ -57,9 +56,3 @@ def test_aux_losses_are_summed_over_layers_and_popped_once(tiny_cfg):
     with torch.no_grad():  # no graph, no accumulation (decoding never leaks memory)
         model(ids)
     assert model.pop_aux() == {}
-
-
-def test_context_cache_slots_map_layers_to_cache_entries():
-    ctx = Context(torch.arange(3), nn.Identity(), cache_slots=[0, 0, 1])
-    assert [ctx.cache_slot(i) for i in range(3)] == [0, 0, 1]
-    assert Context(torch.arange(3), nn.Identity()).cache_slot(2) == 2

@@ -8,9 +8,14 @@ adds a short name (a path string stays lazy until used). Attention and MLP class
 ``(cfg: TransformerConfig, layer_idx)``; norms ``(dim, eps)``; positions ``(head_dim, max_seq_len, base)``.
 
 Context. One ``Context`` per forward pass carries what every block shares: positions, the mask, the position
-module, the cache and the layer -> cache-slot map (cross-layer KV sharing), router inputs (MoICE, MoM) and an
+module, the cache, the K/V a layer shares with later layers (cross-layer KV sharing), router inputs (MoICE, MoM) and an
 ``aux`` dict where components add auxiliary losses (MoE balance). Blocks and components take ``(x, ctx)``, so a
 new method adds a context field instead of a positional argument.
+
+Hybrid attention. ``TransformerConfig.layer_pattern`` gives each layer a kind, F (full) or S (sliding window of
+``window`` keys), and ``kv_share`` lets runs of consecutive full layers share one KV: the first layer of a run
+computes K/V (and owns the cache slot), the others only project queries (cross-layer attention, CLA).
+``kv_layout(cfg)`` is the one description of that plan; the attention, the cache and ``kv_bytes`` all read it.
 
 Legend: B batch, T new tokens, S keys (cached + new), H query heads, Hkv key/value heads, D head dim, C model dim.
 """
@@ -25,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masks import sliding_window
+
 # ---------------------------------------------------------------- the context of one forward pass
 
 
@@ -37,16 +44,58 @@ class Context:
     mask: torch.Tensor | None = None  # bool (B or 1, 1, T, S), True = attend; None = the model's default
     causal: bool = True  # the model's default mask when ``mask`` is None
     cache: Any = None  # a core.lm.Cache or None
-    cache_slots: list[int] | None = None  # layer i reads/writes cache slot cache_slots[i]; None = slot i
     router: dict[str, Any] = field(default_factory=dict)  # extra inputs for routed components (MoICE, MoM)
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # auxiliary losses added by components
-
-    def cache_slot(self, layer: int) -> int:
-        return layer if self.cache_slots is None else self.cache_slots[layer]
+    shared_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # slot -> (k, v) to reuse
 
     def add_aux(self, name: str, value: torch.Tensor) -> None:
         """Add ``value`` to the auxiliary loss ``name`` (summed over layers); the Trainer adds it to the loss."""
         self.aux[name] = self.aux[name] + value if name in self.aux else value
+
+
+# ---------------------------------------------------------------- the KV plan of a layer stack
+
+
+@dataclass
+class KVLayout:
+    """Layer i attends with cache slot ``slots[i]``; slot s keeps ``windows[s]`` keys (None = all) and is written by
+    layer ``producers[s]`` (later layers of the slot reuse its K/V)."""
+
+    slots: list[int]
+    windows: list[int | None]
+    producers: list[int]
+
+    def reuses(self, layer: int) -> bool:
+        return self.producers[self.slots[layer]] != layer
+
+
+def layer_kinds(cfg: Any) -> str:
+    """'F' or 'S' per layer: ``cfg.layer_pattern`` repeated over ``cfg.n_layers`` (empty pattern = all full)."""
+    pattern = getattr(cfg, "layer_pattern", "") or "F"
+    bad = sorted(set(pattern) - {"F", "S"})
+    if bad:
+        raise ValueError(f"layer_pattern {pattern!r} has unknown letter(s) {bad}; expected F (full) or S (window)")
+    if cfg.n_layers % len(pattern):
+        raise ValueError(f"layer_pattern {pattern!r} (length {len(pattern)}) does not divide n_layers {cfg.n_layers}")
+    return pattern * (cfg.n_layers // len(pattern))
+
+
+def kv_layout(cfg: Any) -> KVLayout:
+    """The cache plan: window layers own a slot each; full layers share one slot per run of ``cfg.kv_share``."""
+    share = getattr(cfg, "kv_share", 1)
+    if share < 1:
+        raise ValueError(f"kv_share must be >= 1 (layers per shared KV), got {share}")
+    slots, windows, producers, full_seen, run_slot = [], [], [], 0, 0
+    for i, kind in enumerate(layer_kinds(cfg)):
+        if kind == "F" and full_seen % share:  # a later full layer of a run reuses the run's slot
+            slots.append(run_slot)
+        else:
+            run_slot = len(windows) if kind == "F" else run_slot
+            slots.append(len(windows))
+            windows.append(cfg.window if kind == "S" else None)
+            producers.append(i)
+        full_seen += kind == "F"
+    return KVLayout(slots, windows, producers)
 
 
 # ---------------------------------------------------------------- norms
@@ -149,7 +198,9 @@ class Attention(nn.Module):
     """Multi-head attention with grouped-query heads (GQA), RoPE and an optional KV cache.
 
     ``mask`` is a boolean (B or 1, 1, T, S) tensor, True = attend. ``causal=True`` with mask None lets SDPA use
-    its fused causal path when there is no cache offset.
+    its fused causal path when there is no cache offset. A sliding-window layer (``self.window``) adds the window
+    to the mask; the window counts key positions, the query's own included. A layer that reuses another layer's
+    KV (``kv_layout``) has no k/v projections and attends its queries over that layer's keys.
     """
 
     naive = False
@@ -160,9 +211,14 @@ class Attention(nn.Module):
         if C % H or H % Hkv:
             raise ValueError(f"dim {C} must divide into n_heads {H}, and n_heads into n_kv_heads {Hkv}")
         self.layer_idx, self.H, self.Hkv, self.D = layer_idx, H, Hkv, cfg.head_dim
+        layout = kv_layout(cfg)
+        self.slot, self.window = layout.slots[layer_idx], layout.windows[layout.slots[layer_idx]]
+        self.reuses_kv = layout.reuses(layer_idx)
+        self.shares_kv = layout.slots.count(self.slot) > 1 and not self.reuses_kv  # later layers read its K/V
         self.q_proj = nn.Linear(C, H * self.D, bias=cfg.bias)
-        self.k_proj = nn.Linear(C, Hkv * self.D, bias=cfg.bias)
-        self.v_proj = nn.Linear(C, Hkv * self.D, bias=cfg.bias)
+        if not self.reuses_kv:
+            self.k_proj = nn.Linear(C, Hkv * self.D, bias=cfg.bias)
+            self.v_proj = nn.Linear(C, Hkv * self.D, bias=cfg.bias)
         self.o_proj = nn.Linear(H * self.D, C, bias=cfg.bias)
         self.qkv_hook = QKVHook()  # identity; compressors replace it (KV-cache quantization, head transforms)
 
@@ -176,16 +232,36 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=causal and mask is None and q.shape[2] == k.shape[2])
 
+    def shared_keys(self, q: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries and the (k, v) that this slot's first layer computed in this forward pass."""
+        if self.slot not in ctx.shared_kv:
+            raise ValueError(f"layer {self.layer_idx} reuses the KV of cache slot {self.slot}, whose first layer did "
+                             "not run in this forward pass")
+        k, v = ctx.shared_kv[self.slot]
+        if (k.shape[1], k.shape[3]) != (self.Hkv, self.D):
+            raise ValueError(f"layer {self.layer_idx} ({self.Hkv} kv heads x {self.D}) cannot share the KV of slot "
+                             f"{self.slot} ({k.shape[1]} kv heads x {k.shape[3]}): head shapes differ")
+        q, _ = ctx.pos(q, q[:, :0], ctx.positions)
+        return q, k, v
+
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)
-        q, k = ctx.pos(q, k, ctx.positions)
-        q, k, v = self.qkv_hook(q, k, v)  # after RoPE, before the cache
         mask, causal, cache = ctx.mask, ctx.causal, ctx.cache
-        if cache is not None:
-            k, v = cache.write(ctx.cache_slot(self.layer_idx), k, v)  # (B, Hkv, S, D)
+        if self.reuses_kv:
+            q, k, v = self.shared_keys(q, ctx)  # (B, Hkv, S, D), already cached by the slot's first layer
+        else:
+            k = self.k_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)  # (B, Hkv, T, D)
+            v = self.v_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)
+            q, k = ctx.pos(q, k, ctx.positions)
+            q, k, v = self.qkv_hook(q, k, v)  # after RoPE, before the cache
+            if cache is not None:
+                k, v = cache.write(self.slot, k, v)  # (B, Hkv, S, D)
+            if self.shares_kv:
+                ctx.shared_kv[self.slot] = (k, v)
+        if self.window is not None:  # keys are the last S positions, the T queries the last T of them
+            win = sliding_window(T, self.window, k.shape[2], device=x.device)  # (T, S)
+            mask = win if mask is None else mask[..., -k.shape[2]:] & win
         if self.Hkv != self.H:
             rep = self.H // self.Hkv
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)

@@ -125,6 +125,10 @@ def llama_config(cfg: TransformerConfig) -> Any:
         if getattr(cfg, slot) not in ok:
             raise ValueError(f"TransformerConfig.{slot}={getattr(cfg, slot)!r} has no Llama equivalent; "
                              f"expected one of {ok}")
+    if cfg.layer_pattern.strip("F") or cfg.kv_share != 1 or cfg.slot_args:
+        raise ValueError(f"TransformerConfig(layer_pattern={cfg.layer_pattern!r}, kv_share={cfg.kv_share}, "
+                         f"slot_args={cfg.slot_args}) has no Llama equivalent; expected all-full layers, kv_share 1 "
+                         "and no slot options")
     return LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,

@@ -1,23 +1,40 @@
 """Preallocated key/value cache with append, truncate (speculative rollback) and gather (tree compaction).
 
-Layout per layer: keys and values of shape (B, H_kv, S_max, D). ``length`` is the number of valid positions,
-shared by all layers. A forward pass over T new tokens writes positions [length, length + T) in every layer
-(``write``), and the model calls ``advance(T)`` once at the end.
+Layout per slot (one slot per layer, or fewer with cross-layer KV sharing, see ``blocks.kv_layout``): keys and
+values of shape (B, H_kv, capacity, D). ``length`` is the number of positions seen, shared by all slots. A forward
+pass over T new tokens writes positions [length, length + T) in every slot (``write``), and the model calls
+``advance(T)`` once at the end.
+
+A sliding-window slot of window W keeps only ``W + rollback`` positions, as a ring (position p at index
+p % capacity); ``write`` then returns the W - 1 previous keys plus the new ones. ``truncate`` and ``gather`` on a
+ring that has wrapped need the positions they keep to still be there (``rollback`` sizes that margin).
+``kv_bytes(cfg, seq_len, batch)`` is what ``Transformer.new_cache`` allocates, computed without allocating.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from .blocks import kv_layout
 
 
 class KVCache:
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 windows: list[int | None] | None = None, rollback: int = 0):
         if max_len < 1:
             raise ValueError(f"KV cache max_len must be >= 1, got {max_len}")
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        if rollback < 0:
+            raise ValueError(f"KV cache rollback must be >= 0 positions, got {rollback}")
+        self.windows = list(windows) if windows is not None else [None] * n_layers
+        if len(self.windows) != n_layers or any(w is not None and w < 1 for w in self.windows):
+            raise ValueError(f"KV cache windows must be {n_layers} entries of None or >= 1, got {windows}")
+        self.caps = [max_len if w is None else min(max_len, w + rollback) for w in self.windows]
+        shapes = [(batch, n_kv_heads, cap, head_dim) for cap in self.caps]
+        self.k = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
+        self.v = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
         self.max_len = max_len
         self.length = 0
 
@@ -25,15 +42,31 @@ class KVCache:
     def batch(self) -> int:
         return self.k[0].shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache's key and value tensors hold (what ``kv_bytes`` predicts)."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H_kv, T, D) at [length, length+T) and return all valid keys/values (B, H_kv, length+T, D)."""
+        """Store k, v (B, H_kv, T, D) at [length, length+T) and return the keys/values to attend over:
+        all positions (B, H_kv, length+T, D), or for a wrapped window slot the last W-1 cached ones plus the T new."""
         T = k.shape[2]
         end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {self.length} cached + {T} new > max_len {self.max_len}")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        cap, K, V = self.caps[layer], self.k[layer], self.v[layer]
+        if end <= cap:  # never wrapped: index = position
+            K[:, :, self.length:end] = k
+            V[:, :, self.length:end] = v
+            return K[:, :, :end], V[:, :, :end]
+        n = min(self.length, self.windows[layer] - 1)
+        old = torch.arange(self.length - n, self.length, device=K.device) % cap  # (n,) oldest first
+        k_all, v_all = torch.cat([K.index_select(2, old), k], 2), torch.cat([V.index_select(2, old), v], 2)
+        keep = min(T, cap)
+        at = torch.arange(end - keep, end, device=K.device) % cap
+        K.index_copy_(2, at, k[:, :, T - keep:])
+        V.index_copy_(2, at, v[:, :, T - keep:])
+        return k_all, v_all
 
     def advance(self, T: int) -> None:
         self.length += T
@@ -44,10 +77,20 @@ class KVCache:
             self.write(i, k, v)
         self.advance(layer_ks[0].shape[2])
 
+    def _check_kept(self, n: int, what: str) -> None:
+        """A wrapped window slot keeps positions [length - capacity, length); going back to length n needs
+        [n - W + 1, n) of them."""
+        for s, w in enumerate(self.windows):
+            if w is not None and self.length > self.caps[s] and max(0, n - w + 1) < self.length - self.caps[s]:
+                raise ValueError(f"cannot {what} to length {n}: sliding-window slot {s} (window {w}) keeps only "
+                                 f"positions >= {self.length - self.caps[s]}; make the cache with "
+                                 f"rollback >= {self.length - n}")
+
     def truncate(self, n: int) -> None:
         """Keep the first n positions (rollback after rejected speculative tokens)."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
+        self._check_kept(n, "truncate")
         self.length = n
 
     def gather(self, index: torch.Tensor) -> None:
@@ -58,6 +101,9 @@ class KVCache:
         index = index.to(self.k[0].device, torch.long)
         if index.ndim != 1 or (index.numel() and int(index.max()) >= self.length):
             raise ValueError(f"gather index must be 1-D with values < cache length {self.length}")
+        if any(w is not None and self.length > cap for w, cap in zip(self.windows, self.caps)):
+            raise ValueError(f"cannot gather positions of a cache of length {self.length} whose sliding-window "
+                             f"slots have wrapped (capacity {min(self.caps)}); make it with a larger rollback")
         n = index.numel()
         for layer in range(len(self.k)):
             self.k[layer][:, :, :n] = self.k[layer].index_select(2, index)
@@ -69,3 +115,14 @@ class KVCache:
         rows = rows.to(self.k[0].device, torch.long)
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
+
+
+def kv_bytes(cfg: Any, seq_len: int, batch: int = 1, dtype: torch.dtype = torch.float32, rollback: int = 0) -> int:
+    """Bytes of the KV cache a ``Transformer(cfg)`` allocates for ``seq_len`` positions (``new_cache``), from the
+    config alone: 2 (K and V) x batch x kv heads x head dim x element size x positions, summed over cache slots,
+    where a window slot holds min(seq_len, W + rollback) positions and a full slot seq_len."""
+    if seq_len < 1 or batch < 1:
+        raise ValueError(f"kv_bytes needs seq_len >= 1 and batch >= 1, got {seq_len}, {batch}")
+    per_position = 2 * batch * cfg.n_kv_heads * cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
+    return sum(per_position * (seq_len if w is None else min(seq_len, w + rollback))
+               for w in kv_layout(cfg).windows)

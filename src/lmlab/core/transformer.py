@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import Context, component
+from .blocks import Context, component, kv_layout, layer_kinds
 from .checkpoint import CheckpointError, load_into, load_tensors
 from .config import from_dict, param
 from .kv_cache import KVCache
@@ -45,6 +45,11 @@ class TransformerConfig:
     tie_embeddings: bool = param(True, "share input embedding and output head weights")
     bias: bool = param(False, "biases in linear layers")
     init_std: float = param(0.02, "std of the normal init of linear and embedding weights")
+    layer_pattern: str = param("", "attention kind per layer, repeated over the layers: F full, S sliding window "
+                               "(SSSF = 3 window : 1 full); empty = all full", source="Yi-Lightning report §2.3")
+    window: int | None = param(None, "sliding-window width W of the S layers in keys, the query's own included")
+    kv_share: int = param(1, "consecutive full-attention layers sharing one KV (2 = pairwise cross-layer reuse)",
+                          source="Yi-Lightning report §2.3")
     slot_args: dict[str, dict[str, Any]] = param({}, "options of the slot components, one table per slot, e.g. "
                                                  "{mlp = {experts = 8, top_k = 2}}; --set model.slot_args.mlp.top_k=2")
 
@@ -60,6 +65,12 @@ class TransformerConfig:
             if slot not in ("attn", "mlp", "pos", "norm") or not isinstance(table, dict):
                 raise ValueError(f"TransformerConfig.slot_args: {slot!r} = {table!r}; expected a table per slot "
                                  "(attn, mlp, pos, norm)")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"TransformerConfig.window must be >= 1 key, got {self.window}")
+        if "S" in layer_kinds(self) and (self.window is None or self.mask != "causal"):
+            raise ValueError(f"layer_pattern {self.layer_pattern!r} has sliding-window layers: they need a window "
+                             f">= 1 (got {self.window}) and the causal mask (got {self.mask!r})")
+        kv_layout(self)  # checks kv_share
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim {self.dim} must be divisible by n_heads {self.n_heads}, "
                              f"and n_heads by n_kv_heads {self.n_kv_heads}")
@@ -126,10 +137,11 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if non_embedding else n
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
-        p = self.tok_emb.weight
-        return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, self.cfg.head_dim,
-                       max_len or self.cfg.max_seq_len, dtype=p.dtype, device=p.device)
+    def new_cache(self, batch: int = 1, max_len: int | None = None, rollback: int = 0) -> KVCache:
+        """A cache with one slot per ``kv_layout`` slot; window slots keep W + ``rollback`` positions."""
+        p, windows = self.tok_emb.weight, kv_layout(self.cfg).windows
+        return KVCache(len(windows), batch, self.cfg.n_kv_heads, self.cfg.head_dim, max_len or self.cfg.max_seq_len,
+                       dtype=p.dtype, device=p.device, windows=windows, rollback=rollback)
 
     def hidden(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, layers: list[int] | None = None) -> torch.Tensor:
