@@ -23,6 +23,8 @@ def test_quick_run_gives_a_record_with_ratios(name):
         assert c["ratio"] == pytest.approx(c["a_value"] / c["b_value"])
         if "activation_ratio" in c:  # sparse_ffn: measured on the sparse runs
             assert 0.0 < c["activation_ratio"] <= 1.0
+        if "planner_equals_measured" in c:  # kv_memory: the cache holds exactly the planned bytes
+            assert c["planner_equals_measured"] is True and c["ratio"] == c["planner_ratio"]
     assert rec["ratio"] == rec["cases"][0]["ratio"]
     assert {c.get("threads") for c in rec["cases"]} >= {1, 2}  # bench/README: 1- and 2-thread cases
 

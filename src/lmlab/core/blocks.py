@@ -259,7 +259,7 @@ class Attention(nn.Module):
                 k, v = cache.write(self.slot, k, v)  # (B, Hkv, S, D)
             if self.shares_kv:
                 ctx.shared_kv[self.slot] = (k, v)
-        if self.window is not None:  # keys are the last S positions, the T queries the last T of them
+        if self.window is not None and k.shape[2] > self.window:  # keys: the last S positions, queries the last T
             win = sliding_window(T, self.window, k.shape[2], device=x.device)  # (T, S)
             mask = win if mask is None else mask[..., -k.shape[2]:] & win
         if self.Hkv != self.H:
