@@ -80,3 +80,14 @@ def tree(parents: list[int], prefix_len: int = 0, device: torch.device | str | N
 def padding(lengths: torch.Tensor, S: int) -> torch.Tensor:
     """(B, S) key mask: True for the first ``lengths[b]`` keys of row b."""
     return torch.arange(S, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def document(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) block-causal mask of packed rows: token i sees token j iff j <= i and both share a document id.
+
+    ``doc_ids`` (B, T) labels each token with its document; equal ids must be contiguous within a row.
+    """
+    if doc_ids.ndim != 2:
+        raise ValueError(f"document mask needs doc_ids of shape (B, T), got shape {tuple(doc_ids.shape)}")
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same & causal(doc_ids.shape[1], device=doc_ids.device))[:, None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from lmlab.core.checkpoint import save_model
 from lmlab.core.config import param, to_dict
-from lmlab.core.data import TokenWindows
+from lmlab.core.data import PackedDocs, TokenWindows
 from lmlab.core.metrics import bits_per_byte
 from lmlab.core.runtime import Timer, atomic_write, format_seconds, seed_everything, set_threads
 from lmlab.core.tokenizer import BPETokenizer, ByteTokenizer, fingerprint
@@ -42,6 +43,10 @@ class DataConfig:
     seq_len: int = param(256, "tokens per training window")
     batch_size: int = param(16, "windows per micro-batch")
     val_fraction: float = param(0.05, "for a text file: share of the file (its tail) held out")
+    packing: str = param("windows", "windows: random windows of the token stream | documents: whole documents "
+                         "packed into rows with a block-causal mask and per-sample loss weights (core.data.PackedDocs)"
+                         "; documents are corpus_en's, or a text file's paragraphs split at blank lines",
+                         choices=("windows", "documents"))
 
 
 @dataclass
@@ -83,6 +88,30 @@ def build_tokenizer(data: DataConfig, train_text: str) -> ByteTokenizer | BPETok
         return ByteTokenizer()
     chunks = [train_text[i:i + 100_000] for i in range(0, len(train_text), 100_000)]
     return BPETokenizer.train(chunks, vocab_size=data.bpe_vocab)
+
+
+def text_documents(data: DataConfig, split: str, text: str) -> list[str]:
+    """The documents of one split for ``packing = "documents"``: corpus_en's own documents, else the text's
+    paragraphs (split at blank lines)."""
+    if data.source == "corpus_en":
+        from lmlab.tasks import corpus_en
+
+        ccfg = corpus_en.Config(max_bytes=data.max_bytes) if data.max_bytes else corpus_en.Config()
+        return [t for _, _, t in corpus_en.documents(split, ccfg)]
+    return [p for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+
+
+def batch_sources(data: DataConfig, tok: ByteTokenizer | BPETokenizer, ids: tuple[np.ndarray, np.ndarray],
+                  texts: tuple[str, str], seed: int) -> tuple[Any, Any]:
+    """(training source, validation source): token windows, or packed documents (those under 2 tokens dropped)."""
+    if data.packing == "windows":
+        return (TokenWindows(ids[0], data.batch_size, data.seq_len, seed=seed),
+                TokenWindows(ids[1], data.batch_size, data.seq_len))
+    out = []
+    for split, text in zip(("train", "val"), texts):
+        docs = [d for d in (tok.encode(t) for t in text_documents(data, split, text)) if len(d) >= 2]
+        out.append(PackedDocs(docs, data.batch_size, data.seq_len, seed=seed if split == "train" else 0))
+    return out[0], out[1]
 
 
 class EtaHint:
@@ -132,8 +161,7 @@ def train_lm(job: TextJob) -> dict[str, Any]:
     model = Transformer(job.model)
     objective = OBJECTIVES.get(job.objective)()
     d = job.data
-    train_data = TokenWindows(train_ids, d.batch_size, d.seq_len, seed=job.train.seed)
-    val_data = TokenWindows(val_ids, d.batch_size, d.seq_len)
+    train_data, val_data = batch_sources(d, tok, (train_ids, val_ids), (train_text, val_text), job.train.seed)
     run = {"objective": job.objective, "seed": job.seed, "data": to_dict(d), "tokenizer": fingerprint(tok)}
     trainer = Trainer(model, objective, train_data, job.train, eval_data=lambda: val_data.sequential(),
                       model_config=to_dict(job.model), run_config=run, hooks=[EtaHint()])
