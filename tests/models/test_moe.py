@@ -208,3 +208,32 @@ def test_bad_config_errors_name_the_value(mlp, match):
 def test_unknown_option_names_its_slot_key():
     with pytest.raises(ConfigError, match="model.slot_args.mlp.expert"):
         Transformer(cfg(expert=4))
+
+
+@pytest.mark.slow
+def test_smoke_experiments_run_and_report_their_metrics():
+    from lmlab.recipes.moe_balance import balance_experiment, granularity_experiment
+
+    bal = balance_experiment("smoke")
+    assert set(bal["arms"]) == {"st_only", "st_ep_pep"} and bal["partition_max_over_mean_st"] >= 1.0
+    assert bal["passed"] == (bal["partition_load_reduction"] >= 0.2 and abs(bal["val_loss_rel_change"]) <= 0.01)
+    grain = granularity_experiment("smoke")
+    arms = grain["arms"]
+    assert arms["coarse_m1"]["moe_active_params_per_layer"] + 32 * (32 - 8) == \
+        arms["fine_m4"]["moe_active_params_per_layer"]
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        balance_experiment("huge")
+
+
+def test_bf16_autocast_forward_runs_and_stays_close_to_fp32():
+    """The Trainer's bf16 precision: experts run in bf16 under autocast, the scatter target stays fp32."""
+    c = cfg(experts=4, top_k=2, granularity=2, shared=1)
+    torch.manual_seed(5)
+    m, naive = M.MoEMLP(c), M.NaiveMoEMLP(c)
+    naive.load_state_dict(m.state_dict())
+    x = torch.randn(2, 6, 32)
+    ref = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [m(x), naive(x)]
+    for y in outs:
+        assert (y.float() - ref).abs().max() < 0.05 * ref.abs().max()

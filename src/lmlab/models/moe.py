@@ -259,7 +259,7 @@ class MoEMLP(nn.Module):
         for e, c in enumerate(counts.tolist()):
             if c:
                 sl = slice(start, start + c)
-                out.index_add_(0, token[sl], self.expert(e, xs[sl]) * w[sl])
+                out.index_add_(0, token[sl], (self.expert(e, xs[sl]) * w[sl]).to(out.dtype))
                 start += c
         return out
 
@@ -269,7 +269,7 @@ class MoEMLP(nn.Module):
         for t in range(x.shape[0]):
             y = torch.zeros_like(x[t])
             for j in range(idx.shape[1]):
-                y = y + weights[t, j] * self.expert(int(idx[t, j]), x[t:t + 1])[0]
+                y = y + (weights[t, j] * self.expert(int(idx[t, j]), x[t:t + 1])[0]).to(y.dtype)
             rows.append(y)
         return torch.stack(rows)  # (n, C)
 
@@ -283,7 +283,7 @@ class MoEMLP(nn.Module):
         if ctx is not None:
             for name, value in balance_losses(probs, counts, self.moe).items():
                 ctx.add_aux(name, value)
-        return (routed + self.shared_out(x)).reshape(shape)
+        return (routed + self.shared_out(x).to(routed.dtype)).reshape(shape)
 
 
 class NaiveMoEMLP(MoEMLP):
