@@ -5,8 +5,8 @@ contiguous slice, ``index_add_`` back); B is the core ``GatedMLP`` whose hidden 
 expert width (k selected experts + shared experts, F/m wide each), so B does the same matmul work per token as
 A's experts minus the router. The extra column is ``NaiveMoEMLP`` (the per-token reference loop) on the same
 weights and input. The metric is MLP forward tokens per second (no grad, fp32, one prefill-shaped batch), so
-``ratio`` = A / B is what routing and dispatch cost against the dense FFN of equal active size (< 1 expected on
-a CPU), and ``fast_over_naive`` is the sorted dispatch's speed-up over the reference.
+``ratio`` = A / B compares the routed MLP (routing, dispatch and experts) with the dense FFN of equal active size,
+and ``fast_over_naive`` is the sorted dispatch's speed-up over the reference.
 
 Cases, each for 1 and 2 torch threads: C=256, F=1024, E=8 top-2 with m=1 (8 experts, k=2) and m=4 with one
 shared expert (32 experts, k=8, width 256).
