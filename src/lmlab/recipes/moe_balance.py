@@ -9,10 +9,11 @@ Pass: partition max/mean falls by >= 20 % with <= 1 % relative change of the val
 ``granularity_experiment`` (DeepSeekMoE §3.1): coarse (m = 1) against fine (m = 4) experts at equal active
 parameters (the router, E*m wide, is the only difference); the validation losses are reported, not gated.
 
-The alphas and sizes were fixed before the first run. The report's alphas (1e-6 / 1e-4 / 1e-3, the library
-defaults) act over trillions of tokens; a few hundred steps need stronger ones, so the balanced arm uses the
-report's EP : PEP ratio scaled by 10 (alpha_EP = 1e-3, alpha_PEP = 1e-2) and keeps alpha_ST = 1e-6; the
-granularity arms use a Switch-style expert-level alpha of 1e-2 and no groups. Models train through ``train_lm``
+The alphas and sizes were fixed before the first run. The report's alphas (1e-6 / 1e-4 / 1e-3) are the library
+defaults; on the assumption that they are too weak to act within a few hundred steps, the balanced arm's default
+(``ARMS["st_ep_pep"]``) is the report's EP : PEP ratio scaled by 10 (alpha_EP = 1e-3, alpha_PEP = 1e-2) with
+alpha_ST = 1e-6; ``balanced_alphas`` replaces it. The granularity arms use a Switch-style expert-level alpha of
+1e-2 and no groups. Models train through ``train_lm``
 into a run folder and are measured after ``lmlab.load`` of that folder.
 """
 
@@ -107,9 +108,12 @@ def train_arms(arms: dict[str, dict[str, Any]], size: str, seed: int, work_dir: 
     return out, t.seconds
 
 
-def balance_experiment(size: str = "full", seed: int = 0, work_dir: str | Path | None = None) -> dict[str, Any]:
-    """alpha_ST only vs alpha_ST + alpha_EP + alpha_PEP: partition load imbalance and validation loss."""
-    arms = {name: {**BALANCE_MOE, **alphas} for name, alphas in ARMS.items()}
+def balance_experiment(size: str = "full", seed: int = 0, work_dir: str | Path | None = None,
+                       balanced_alphas: dict[str, float] | None = None) -> dict[str, Any]:
+    """alpha_ST only vs alpha_ST + alpha_EP + alpha_PEP: partition load imbalance and validation loss.
+    ``balanced_alphas``: the balanced arm's alpha_expert / alpha_device / alpha_partition (default ARMS)."""
+    alphas = {**ARMS, "st_ep_pep": {**ARMS["st_ep_pep"], **(balanced_alphas or {})}}
+    arms = {name: {**BALANCE_MOE, **a} for name, a in alphas.items()}
     res, seconds = train_arms(arms, size, seed, work_dir)
     a, b = res["st_only"], res["st_ep_pep"]
     drop = 1 - b["partition_max_over_mean"] / a["partition_max_over_mean"]
