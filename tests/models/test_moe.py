@@ -221,9 +221,9 @@ def test_smoke_experiments_run_and_report_their_metrics():
     arms = grain["arms"]
     assert arms["coarse_m1"]["moe_active_params_per_layer"] + 32 * (32 - 8) == \
         arms["fine_m4"]["moe_active_params_per_layer"]
-    custom = balance_experiment("smoke", balanced_alphas={"alpha_partition": 1e-3})
-    assert custom["arms"]["st_ep_pep"]["mlp"]["alpha_partition"] == 1e-3
-    assert custom["arms"]["st_ep_pep"]["mlp"]["alpha_device"] == 1e-3  # the other defaults stay
+    custom = balance_experiment("smoke", balanced_alphas={"alpha_partition": 1e-2})
+    assert custom["arms"]["st_ep_pep"]["mlp"]["alpha_partition"] == 1e-2
+    assert custom["arms"]["st_ep_pep"]["mlp"]["alpha_device"] == 1e-4  # the other defaults stay
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         balance_experiment("huge")
 

@@ -14,4 +14,8 @@ REGISTRY = Registry("models", {
     "acdit": Entry("lmlab.models.acdit:ACDiT", paper="arXiv:2412.07720", status="experimental",
                    summary="blockwise AR diffusion transformer: Skip-Causal mask, clean-block KV cache",
                    config="lmlab.models.acdit:Config", caps=("image", "diffusion", "kv_cache")),
+    "yi_lightning": Entry("lmlab.models.yi_lightning:build", paper="arXiv:2412.01253", status="experimental",
+                          summary="fine-grained MoE with 3-level balance losses, SSSF hybrid attention with "
+                                  "cross-layer KV sharing, KV planner, packed SFT",
+                          config="lmlab.models.yi_lightning:Config", caps=("kv_cache",)),
 })
