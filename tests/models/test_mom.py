@@ -187,3 +187,22 @@ def test_flops_fixed_router_equals_a_vanilla_stack():
     assert flops_per_token(SHAPE, mom)["total"] == pytest.approx(one["head"] + 5 * one["vanilla_layers"])
     gru = flops_per_token(SHAPE, MoMConfig(bottom_layers=1, rounds=3, n_attn=3, n_ffn=3, top_layers=1))
     assert gru["total"] > flops_per_token(SHAPE, mom)["total"]  # the routers cost FLOPs
+
+
+def test_train_lm_trains_saves_and_reruns_a_mom(tmp_path):
+    from pathlib import Path
+
+    from lmlab.recipes.text import DataConfig, TextJob, train_lm
+
+    text = Path(__file__).resolve().parents[1] / "fixtures" / "text" / "genesis_1.txt"
+    job = TextJob(arch="mom", model=TransformerConfig(dim=16, n_layers=1, n_heads=2, max_seq_len=32),
+                  mom=MoMConfig(n_attn=2, n_ffn=2, rounds=2, router_dim=8),
+                  train=TrainConfig(steps=4, lr=3e-3, warmup_steps=1, eval_batches=2, ckpt_every=2, progress=False,
+                                    run_dir=str(tmp_path)),
+                  data=DataConfig(source=str(text), tokenizer="byte", seq_len=16, batch_size=4, val_fraction=0.2))
+    out = train_lm(job)
+    model, tok, meta = lmlab.load(tmp_path)
+    assert isinstance(model, MoM) and meta["mom"]["rounds"] == 2 and tok is not None
+    assert model.num_params() == out["params"]
+    again = train_lm(job)  # a finished run: evaluated and its lmlab-mom model folder saved again
+    assert again["steps"] == 4 and isinstance(lmlab.load(tmp_path)[0], MoM)
