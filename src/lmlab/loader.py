@@ -14,6 +14,7 @@ An lmlab folder says what it holds in ``meta.json["kind"]``; ``KINDS`` maps each
 
     lmlab-transformer   core Transformer weights + its TransformerConfig ("config")
     lmlab-acdit         ACDiT weights + the job that trained it ("job")
+    lmlab-mom           Mixture-of-Modules weights + its TransformerConfig ("config") and MoMConfig ("mom")
     lmlab-quantized     a compressed model (``compression.saving``)
     lmlab-adapter       adapter weights (``adapters.tuner``) applied onto the model ``meta["base"]`` names
     lmlab-trainer       a training checkpoint (resume state): refused, pointing at the run's ``model/`` folder
@@ -39,6 +40,7 @@ from lmlab.core.registry import load_target
 KINDS = {
     "lmlab-transformer": "lmlab.core.transformer:from_checkpoint",
     "lmlab-acdit": "lmlab.models.acdit.model:from_checkpoint",
+    "lmlab-mom": "lmlab.models.mom.model:from_checkpoint",
     "lmlab-quantized": "lmlab.compression.saving:from_checkpoint",
     "lmlab-adapter": "lmlab.adapters.tuner:from_checkpoint",
 }

@@ -26,7 +26,7 @@ from .runtime import atomic_write
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 # loader.KINDS + resume state
-KINDS = ("lmlab-transformer", "lmlab-acdit", "lmlab-quantized", "lmlab-adapter", "lmlab-trainer")
+KINDS = ("lmlab-transformer", "lmlab-acdit", "lmlab-mom", "lmlab-quantized", "lmlab-adapter", "lmlab-trainer")
 BESIDE = "beside_other_files"  # meta.json key: lmlab's files share this folder with files lmlab did not write
 
 

@@ -14,6 +14,10 @@ REGISTRY = Registry("models", {
     "acdit": Entry("lmlab.models.acdit:ACDiT", paper="arXiv:2412.07720", status="experimental",
                    summary="blockwise AR diffusion transformer: Skip-Causal mask, clean-block KV cache",
                    config="lmlab.models.acdit:Config", caps=("image", "diffusion", "kv_cache")),
+    "mom": Entry("lmlab.models.mom:build", paper="arXiv:2407.06677", status="experimental",
+                 summary="Mixture-of-Modules: per-token routed attention/FFN module pools over H rounds (GRU/MLP "
+                 "router, SKIP)",
+                 config="lmlab.models.mom:MoMConfig", caps=("kv_cache",)),
     "yi_lightning": Entry("lmlab.models.yi_lightning:build", paper="arXiv:2412.01253", status="experimental",
                           summary="fine-grained MoE with 3-level balance losses, SSSF hybrid attention with "
                                   "cross-layer KV sharing, KV planner, packed SFT",

@@ -28,6 +28,7 @@ from lmlab.core.runtime import Timer, atomic_write, format_seconds, seed_everyth
 from lmlab.core.tokenizer import BPETokenizer, ByteTokenizer, fingerprint
 from lmlab.core.train import TrainConfig, Trainer, init_distributed
 from lmlab.core.transformer import Transformer, TransformerConfig
+from lmlab.models.mom import MoM, MoMConfig
 from lmlab.objectives import REGISTRY as OBJECTIVES
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,23 @@ class TextJob:
     seed: int = param(0, "seed of the model initialisation")
     threads: int = param(1, "torch intra-op threads")
     model: TransformerConfig = param(TransformerConfig(), "model shape (vocab_size follows the tokenizer)")
+    arch: str = param("transformer", "transformer: the core Transformer; mom: Mixture-of-Modules on [model]'s "
+                      "shapes with the [mom] table", choices=("transformer", "mom"))
+    mom: MoMConfig = param(MoMConfig(), "Mixture-of-Modules pools and routers (arch = mom)")
     train: TrainConfig = param(TrainConfig(), "optimisation")
     data: DataConfig = param(DataConfig(), "data")
+
+
+def build_model(job: TextJob) -> Transformer | MoM:
+    """The job's model: the core Transformer, or a MoM (arch = mom) on the same [model] shapes."""
+    if job.arch not in ("transformer", "mom"):
+        raise ValueError(f"TextJob.arch {job.arch!r}; expected 'transformer' or 'mom'")
+    return MoM(job.model, job.mom) if job.arch == "mom" else Transformer(job.model)
+
+
+def model_meta(job: TextJob) -> dict[str, Any]:
+    """What the job's model checkpoint carries besides its [model] config (a MoM's [mom] table)."""
+    return {"mom": to_dict(job.mom)} if job.arch == "mom" else {}
 
 
 def text_splits(data: DataConfig) -> tuple[str, str]:
@@ -158,11 +174,12 @@ def train_lm(job: TextJob) -> dict[str, Any]:
     val_ids = np.asarray(tok.encode(val_text), dtype=np.int64)
     job.model.vocab_size = tok.vocab_size
     seed_everything(job.seed)
-    model = Transformer(job.model)
+    model = build_model(job)
     objective = OBJECTIVES.get(job.objective)()
     d = job.data
     train_data, val_data = batch_sources(d, tok, (train_ids, val_ids), (train_text, val_text), job.train.seed)
-    run = {"objective": job.objective, "seed": job.seed, "data": to_dict(d), "tokenizer": fingerprint(tok)}
+    run = {"objective": job.objective, "seed": job.seed, "data": to_dict(d), "tokenizer": fingerprint(tok),
+           **model_meta(job)}
     trainer = Trainer(model, objective, train_data, job.train, eval_data=lambda: val_data.sequential(),
                       model_config=to_dict(job.model), run_config=run, hooks=[EtaHint()])
     if job.train.run_dir and rank == 0:
@@ -188,6 +205,6 @@ def train_lm(job: TextJob) -> dict[str, Any]:
            "seconds": t.seconds}
     if job.train.run_dir and rank == 0:
         run_dir = Path(job.train.run_dir)
-        save_model(run_dir / "model", model, to_dict(job.model), job=to_dict(job))
+        save_model(run_dir / "model", model, to_dict(job.model), job=to_dict(job), **model_meta(job))
         tok.save(run_dir / "model" / "tokenizer.json")
     return out
