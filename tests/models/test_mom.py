@@ -206,3 +206,11 @@ def test_train_lm_trains_saves_and_reruns_a_mom(tmp_path):
     assert model.num_params() == out["params"]
     again = train_lm(job)  # a finished run: evaluated and its lmlab-mom model folder saved again
     assert again["steps"] == 4 and isinstance(lmlab.load(tmp_path)[0], MoM)
+
+
+def test_hybrid_attention_configs_are_refused():
+    from lmlab.core.transformer import TransformerConfig
+
+    hybrid = TransformerConfig(**{**SHAPE.__dict__, "n_layers": 4, "layer_pattern": "SF", "window": 4})
+    with pytest.raises(ValueError, match="layer_pattern='SF'"):
+        MoM(hybrid, MoMConfig(router_dim=8, rounds=2, n_attn=2, n_ffn=2))

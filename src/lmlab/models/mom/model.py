@@ -130,6 +130,9 @@ class MoM(nn.Module):
     def __init__(self, cfg: TransformerConfig, mom: MoMConfig | None = None):
         super().__init__()
         mom = mom or MoMConfig()
+        if cfg.layer_pattern.strip("F") or cfg.kv_share != 1:
+            raise ValueError(f"MoM assembles its own layers: TransformerConfig(layer_pattern={cfg.layer_pattern!r}, "
+                             f"kv_share={cfg.kv_share}) is not supported; expected full attention and kv_share 1")
         self.cfg, self.mom = cfg, mom
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos = component("pos", cfg.pos)(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
