@@ -115,10 +115,71 @@ def test_rollback_within_the_margin_equals_recomputation_and_beyond_it_errors():
     tight = m.new_cache(1, 16)
     m(ids[:, :12], cache=tight)
     m(ids[:, 12:14], cache=tight)
-    with pytest.raises(ValueError, match="rollback >= 2"):
+    with pytest.raises(ValueError, match="holds only positions >= 9; make the cache with a larger rollback"):
         tight.truncate(12)
-    with pytest.raises(ValueError, match="wrapped"):
+    with pytest.raises(ValueError, match="cannot gather to length 10"):
         tight.gather(torch.arange(10))
+
+
+def test_gather_on_a_wrapped_ring_equals_recomputation_and_refuses_positions_it_lost():
+    from lmlab.core import masks
+
+    m = model(layer_pattern="S", window=4, n_layers=2)
+    ids, nodes, nxt = (torch.randint(0, V, (1, n)) for n in (9, 3, 2))
+    cache = m.new_cache(1, 14, rollback=3)  # capacity 7: the ring has wrapped after 12 positions
+    m(ids, cache=cache)
+    siblings = masks.tree([-1, -1, -1], prefix_len=9)  # three draft nodes, all children of the prefix
+    m(nodes, cache=cache, positions=torch.full((3,), 9), mask=siblings)  # cache indices 9..11, all at position 9
+    cache.gather(torch.tensor([*range(9), 10]))  # keep the prefix and the second node
+    kept = torch.cat([ids, nodes[:, 1:2]], 1)
+    assert torch.allclose(m(nxt, cache=cache), m(torch.cat([kept, nxt], 1))[:, -2:], atol=1e-5)
+    lost = m.new_cache(1, 14, rollback=2)  # capacity 6
+    m(ids[:, :7], cache=lost)
+    lost.truncate(5)  # holds positions 1..6 (position 6 sits where position 0 was)
+    with pytest.raises(ValueError, match="cannot gather to length 3: sliding-window slot 0 .* positions >= 1"):
+        lost.gather(torch.tensor([0, 3, 4]))
+
+
+def test_a_draft_tree_scored_with_its_positions_equals_each_path_decoded_alone():
+    from lmlab.core import masks
+
+    m = model(**{**HYBRID, "window": 4})
+    ids = torch.randint(0, V, (1, 10))
+    parents, toks, depth = [-1, 0, 0, 0, 3], torch.tensor([[7, 11, 12, 13, 14]]), torch.tensor([0, 1, 1, 1, 2])
+    cache = m.new_cache(1, 40, rollback=8)
+    m(ids, cache=cache)
+    tree = m(toks, cache=cache, positions=depth + 10, mask=masks.tree(parents, prefix_len=10))[0]  # (5, V)
+    path = m(torch.cat([ids, torch.tensor([[7, 13, 14]])], 1))[0]  # root -> third child -> its child
+    assert torch.allclose(tree[[0, 3, 4]], path[-3:], atol=1e-5)  # siblings take no window room
+
+
+def test_a_user_mask_with_a_cache_after_the_ring_wrapped():
+    from lmlab.core import masks
+
+    m = model(**{**HYBRID, "window": 4})
+    ids = torch.randint(0, V, (1, 13))
+    cache = m.new_cache(1, 13)
+    m(ids[:, :10], cache=cache)
+    one = m(ids[:, 10:11], cache=cache, mask=torch.ones(1, 11, dtype=torch.bool))  # (T, S) over all 11 positions
+    two = m(ids[:, 11:13], cache=cache, mask=masks.causal(2, 13))
+    assert torch.allclose(torch.cat([one, two], 1), m(ids)[:, 10:], atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["chain", "tree"])
+def test_speculative_decoding_of_a_hybrid_target_equals_greedy(decoder):
+    from lmlab.decoding.chain import ChainSpeculative
+    from lmlab.decoding.chain import Config as ChainConfig
+    from lmlab.decoding.tree import TreeSpeculative
+
+    def mk(seed):
+        torch.manual_seed(seed)
+        return Transformer(TransformerConfig(vocab_size=20, dim=32, n_layers=4, n_heads=4, ffn_dim=64,
+                                             max_seq_len=128, layer_pattern="SF", window=6, init_std=0.3)).eval()
+
+    target, draft = mk(0), mk(1)
+    prompt = [1, 2, 3, 4]
+    dec = ChainSpeculative(ChainConfig(depth=3), draft=draft) if decoder == "chain" else TreeSpeculative(draft=draft)
+    assert dec.generate(target, prompt, 20).tokens == Greedy().generate(target, prompt, 20).tokens
 
 
 def test_the_reusing_layer_sends_gradient_to_the_producers_kv():

@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import sliding_window
-
 # ---------------------------------------------------------------- the context of one forward pass
 
 
@@ -245,7 +243,24 @@ class Attention(nn.Module):
             raise ValueError(f"layer {self.layer_idx} ({self.Hkv} kv heads x {self.D}) cannot share the KV of slot "
                              f"{self.slot} ({k.shape[1]} kv heads x {k.shape[3]}): head shapes differ")
         q, _ = ctx.pos(q, q[:, :0], ctx.positions)
+        q, _, _ = self.qkv_hook(q, k, v)  # a hook that transforms q with k (rotations) must see these q too
         return q, k, v
+
+    def window_mask(self, ctx: Context, T: int, S: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask`` (or the causal mask) restricted to keys less than ``window`` positions before the query.
+
+        Positions, not indices: a tree of draft nodes puts siblings at one position. The S - T cached keys hold the
+        consecutive positions before the cache's length; the T new keys are at ``ctx.positions``.
+        """
+        q = ctx.positions  # (T,) or (B, T)
+        end = ctx.cache.length if ctx.cache is not None else 0
+        old = torch.arange(end - (S - T), end, device=q.device).expand(*q.shape[:-1], S - T)  # (S-T,) or (B, S-T)
+        near = q[..., :, None] - torch.cat([old, q], -1)[..., None, :] < self.window  # (T, S) or (B, T, S)
+        if q.ndim == 2:
+            near = near[:, None]  # (B, 1, T, S)
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        return mask & near
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
@@ -262,9 +277,11 @@ class Attention(nn.Module):
                 k, v = cache.write(self.slot, k, v)  # (B, Hkv, S, D)
             if self.shares_kv:
                 ctx.shared_kv[self.slot] = (k, v)
-        if self.window is not None and k.shape[2] > self.window:  # keys: the last S positions, queries the last T
-            win = sliding_window(T, self.window, k.shape[2], device=x.device)  # (T, S)
-            mask = win if mask is None else mask[..., -k.shape[2]:] & win
+        S = k.shape[2]
+        if mask is not None and mask.shape[-1] > S:  # a window slot returned only the keys its window can reach
+            mask = mask[..., -S:]
+        if self.window is not None and S > self.window:
+            mask = self.window_mask(ctx, T, S, mask)
         if self.Hkv != self.H:
             rep = self.H // self.Hkv
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)

@@ -195,7 +195,7 @@ def merge_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        node, owner = out, cls
+        node, owner, free = out, cls, False
         for i, p in enumerate(parts):
             fields = {f.name for f in dataclasses.fields(owner)}
             if p not in fields:
@@ -209,13 +209,14 @@ def merge_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> di
                     if not isinstance(node.setdefault(q, {}), dict):
                         raise ConfigError(f"config key '{key}': '{q}' is not a table")
                     node = node[q]
+                free = True
                 break
             owner = _hints(owner)[p]
             if not _is_config(owner):
                 raise ConfigError(f"config key '{key}': '{p}' is not a table")
             node = node.setdefault(p, {})
         value = _parse_scalar(text.strip())
-        if _is_config(owner) and _hints(owner).get(parts[-1]) is str and not isinstance(value, str):
+        if not free and _hints(owner).get(parts[-1]) is str and not isinstance(value, str):
             value = text.strip()  # a string field given a number-like value keeps the text
         node[parts[-1]] = value
     return out

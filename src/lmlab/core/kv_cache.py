@@ -6,8 +6,9 @@ pass over T new tokens writes positions [length, length + T) in every slot (``wr
 ``advance(T)`` once at the end.
 
 A sliding-window slot of window W keeps only ``W + rollback`` positions, as a ring (position p at index
-p % capacity); ``write`` then returns the W - 1 previous keys plus the new ones. ``truncate`` and ``gather`` on a
-ring that has wrapped need the positions they keep to still be there (``rollback`` sizes that margin).
+p % capacity; ``start[s]`` is the oldest position it still holds); ``write`` then returns the W - 1 previous keys
+plus the new ones. ``truncate`` and ``gather`` need the W - 1 positions before the new length to be still held
+(``rollback`` sizes that margin; speculative decoders pass their round size).
 ``kv_bytes(cfg, seq_len, batch)`` is what ``Transformer.new_cache`` allocates, computed without allocating.
 """
 
@@ -35,6 +36,7 @@ class KVCache:
         shapes = [(batch, n_kv_heads, cap, head_dim) for cap in self.caps]
         self.k = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
         self.v = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
+        self.start = [0] * n_layers  # per slot: the oldest position still held (rings drop older ones)
         self.max_len = max_len
         self.length = 0
 
@@ -55,10 +57,11 @@ class KVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {self.length} cached + {T} new > max_len {self.max_len}")
         cap, K, V = self.caps[layer], self.k[layer], self.v[layer]
-        if end <= cap:  # never wrapped: index = position
+        if end <= cap and not self.start[layer]:  # never wrapped: index = position
             K[:, :, self.length:end] = k
             V[:, :, self.length:end] = v
             return K[:, :, :end], V[:, :, :end]
+        self.start[layer] = max(self.start[layer], end - cap)
         n = min(self.length, self.windows[layer] - 1)
         old = torch.arange(self.length - n, self.length, device=K.device) % cap  # (n,) oldest first
         k_all, v_all = torch.cat([K.index_select(2, old), k], 2), torch.cat([V.index_select(2, old), v], 2)
@@ -77,14 +80,17 @@ class KVCache:
             self.write(i, k, v)
         self.advance(layer_ks[0].shape[2])
 
-    def _check_kept(self, n: int, what: str) -> None:
-        """A wrapped window slot keeps positions [length - capacity, length); going back to length n needs
-        [n - W + 1, n) of them."""
+    def _check_kept(self, n: int, what: str, index: torch.Tensor | None = None) -> None:
+        """Going back to length n needs, in every window slot, the positions [n - W + 1, n) (after a gather: the
+        positions ``index`` maps there) to be still held."""
         for s, w in enumerate(self.windows):
-            if w is not None and self.length > self.caps[s] and max(0, n - w + 1) < self.length - self.caps[s]:
-                raise ValueError(f"cannot {what} to length {n}: sliding-window slot {s} (window {w}) keeps only "
-                                 f"positions >= {self.length - self.caps[s]}; make the cache with "
-                                 f"rollback >= {self.length - n}")
+            need = torch.arange(max(0, n - w + 1), n) if w is not None else None
+            if need is not None and need.numel() and index is not None:
+                need = index[need]
+            if need is not None and need.numel() and int(need.min()) < self.start[s]:
+                raise ValueError(f"cannot {what} to length {n}: sliding-window slot {s} (window {w}) holds only "
+                                 f"positions >= {self.start[s]}; make the cache with a larger rollback (it keeps "
+                                 f"{self.caps[s] - w} positions beyond the window)")
 
     def truncate(self, n: int) -> None:
         """Keep the first n positions (rollback after rejected speculative tokens)."""
@@ -96,18 +102,23 @@ class KVCache:
     def gather(self, index: torch.Tensor) -> None:
         """Keep positions ``index`` (1-D, increasing, < length) in that order, compacted to the front.
 
-        Used after tree verification: the prefix plus the accepted path's nodes become contiguous.
+        Used after tree verification: the prefix plus the accepted path's nodes become contiguous. A window slot
+        moves only the positions it can hold (the last ``capacity``), each from where its source sits in the ring.
         """
         index = index.to(self.k[0].device, torch.long)
         if index.ndim != 1 or (index.numel() and int(index.max()) >= self.length):
             raise ValueError(f"gather index must be 1-D with values < cache length {self.length}")
-        if any(w is not None and self.length > cap for w, cap in zip(self.windows, self.caps)):
-            raise ValueError(f"cannot gather positions of a cache of length {self.length} whose sliding-window "
-                             f"slots have wrapped (capacity {min(self.caps)}); make it with a larger rollback")
         n = index.numel()
-        for layer in range(len(self.k)):
-            self.k[layer][:, :, :n] = self.k[layer].index_select(2, index)
-            self.v[layer][:, :, :n] = self.v[layer].index_select(2, index)
+        self._check_kept(n, "gather", index.cpu())
+        for s in range(len(self.k)):
+            cap = self.caps[s]
+            lo = max(0, n - cap) if self.windows[s] is not None else 0
+            valid = (index[lo:] >= self.start[s]).nonzero()  # sources still held (index increases)
+            lo = lo + (int(valid[0]) if valid.numel() else n - lo)
+            src, dst = index[lo:] % cap, torch.arange(lo, n, device=index.device) % cap  # (n - lo,)
+            self.k[s].index_copy_(2, dst, self.k[s].index_select(2, src))
+            self.v[s].index_copy_(2, dst, self.v[s].index_select(2, src))
+            self.start[s] = lo if self.windows[s] is not None else 0
         self.length = n
 
     def select_batch(self, rows: torch.Tensor) -> None:

@@ -46,8 +46,8 @@ class SkipLayers(nn.Module):
     def device(self) -> torch.device:
         return self.model.device
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> Any:
-        return self.model.new_cache(batch, max_len)
+    def new_cache(self, batch: int = 1, max_len: int | None = None, rollback: int = 0) -> Any:
+        return new_cache(self.model, max_len, rollback) if batch == 1 else self.model.new_cache(batch, max_len)
 
     def forward(self, ids: torch.Tensor, *, cache: Any = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,8 +81,8 @@ class SubVocabDraft(nn.Module):
     def device(self) -> torch.device:
         return self.model.device
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> Any:
-        return self.model.new_cache(batch, max_len)
+    def new_cache(self, batch: int = 1, max_len: int | None = None, rollback: int = 0) -> Any:
+        return new_cache(self.model, max_len, rollback) if batch == 1 else self.model.new_cache(batch, max_len)
 
     def forward(self, ids: torch.Tensor, *, cache: Any = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,7 +177,7 @@ class DraftRunner:
         if needed > ctx:
             raise ValueError(f"the draft's context of {ctx} tokens is shorter than prompt + max_new_tokens "
                              f"= {needed}")
-        self.cache = new_cache(self.model, max_len)
+        self.cache = new_cache(self.model, max_len, rollback=max_len - needed)  # a round's nodes, then undone
         self.n = 0  # committed tokens held by the cache
         self.calls = self.tokens = 0
 

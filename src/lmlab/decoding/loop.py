@@ -12,6 +12,8 @@ Target cache invariant: at the start of a round it holds every committed token e
 
 from __future__ import annotations
 
+import inspect
+
 import time
 from typing import Any
 
@@ -108,7 +110,11 @@ def commit(cache: Any, keep_from: int, slots: list[int]) -> None:
         cache.gather(index)
 
 
-def new_cache(model: Any, max_len: int) -> Any:
+def new_cache(model: Any, max_len: int, rollback: int = 0) -> Any:
+    """A batch-1 cache of ``max_len`` positions. ``rollback``: how many positions one round may write and then
+    undo; a model whose ``new_cache`` takes it (sliding-window layers keep that many beyond their window) gets it."""
+    if rollback and "rollback" in inspect.signature(model.new_cache).parameters:
+        return model.new_cache(batch=1, max_len=max_len, rollback=rollback)
     return model.new_cache(batch=1, max_len=max_len)
 
 
@@ -128,7 +134,7 @@ def speculative_generate(target: Any, proposer: Proposer, prompt: list[int] | to
     gen = make_generator(seed)
     P = len(prompt)
     max_len = P + max_new_tokens + budget + depth + 2
-    cache = new_cache(target, max_len)
+    cache = new_cache(target, max_len, rollback=budget + depth + 2)
     device = target.device
     if P > 1:  # the last prompt token is the first round's root
         target(torch.tensor([prompt[:-1]], device=device), cache=cache)

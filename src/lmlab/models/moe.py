@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.core.blocks import Context, slot_options
+from lmlab.core.blocks import Context, kv_layout, slot_options
 from lmlab.core.config import param
 
 LEVELS = ("expert", "device", "partition")
@@ -171,14 +171,16 @@ def layer_flops(cfg: Any) -> dict[str, int]:
 def _other_params(cfg: Any) -> tuple[int, int]:
     """(parameters outside the MLPs, the per-token matmul weights outside the MLPs) of a core Transformer."""
     C, D = cfg.dim, cfg.head_dim
-    attn = C * cfg.n_heads * D * 2 + C * cfg.n_kv_heads * D * 2  # q, o; k, v
+    kv_layers = len(kv_layout(cfg).producers)  # layers that reuse another layer's KV have no k, v projections
+    qo, kv = C * cfg.n_heads * D * 2, C * cfg.n_kv_heads * D * 2  # q, o; k, v
+    attn = cfg.n_layers * qo + kv_layers * kv
     if cfg.bias:
-        attn += cfg.n_heads * D + 2 * cfg.n_kv_heads * D + C  # q, k, v and o biases
+        attn += cfg.n_layers * (cfg.n_heads * D + C) + kv_layers * 2 * cfg.n_kv_heads * D  # q, o; k, v biases
     norm = {"rmsnorm": C, "layernorm": 2 * C}[cfg.norm]
     emb = cfg.vocab_size * C
     head = 0 if cfg.tie_embeddings else emb
-    params = emb + head + cfg.n_layers * (attn + 2 * norm) + norm
-    matmul = cfg.n_layers * (C * cfg.n_heads * D * 2 + C * cfg.n_kv_heads * D * 2) + emb  # projections + lm_head
+    params = emb + head + attn + cfg.n_layers * 2 * norm + norm
+    matmul = cfg.n_layers * qo + kv_layers * kv + emb  # projections + lm_head
     return params, matmul
 
 
