@@ -119,6 +119,8 @@ def test_slot_args_take_dotted_overrides_and_reach_the_component():
     assert job.model.slot_args == {"mlp": {"experts": 8, "top_k": 2}}
     assert slot_options(job.model, "mlp", Opts) == Opts(8, 2)
     assert from_dict(TransformerConfig, to_dict(job.model)) == job.model  # saved and read back
+    numbers = apply_overrides(TransformerConfig(), ["slot_args.attn.mlp=3", "slot_args.mlp.norm=2.5"])
+    assert numbers.slot_args == {"attn": {"mlp": 3}, "mlp": {"norm": 2.5}}  # keys named like str fields stay numbers
     inline = apply_overrides(TransformerConfig(), ["slot_args={mlp = {experts = 3}}"])
     assert slot_options(inline, "mlp", Opts) == Opts(3, 1)
     with pytest.raises(ConfigError, match="model.slot_args.mlp.expert"):

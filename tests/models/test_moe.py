@@ -163,7 +163,8 @@ def test_aux_losses_reach_the_trainer_and_the_model_saves_and_loads(tmp_path):
     assert isinstance(loaded.layers[0].mlp, M.MoEMLP) and loaded.layers[0].mlp.moe.granularity == 2
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(bias=True, tie_embeddings=False, norm="layernorm", n_kv_heads=2)])
+@pytest.mark.parametrize("extra", [dict(), dict(bias=True, tie_embeddings=False, norm="layernorm", n_kv_heads=2),
+                                   dict(kv_share=2, bias=True)])  # layer 1 reuses layer 0's KV: no k, v of its own
 @pytest.mark.parametrize("mlp", [dict(experts=4, top_k=2), dict(experts=4, top_k=1, granularity=4, shared=2)])
 def test_accounting_equals_counted_parameters_and_flops(mlp, extra):
     c = TransformerConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, ffn_dim=64, mlp="moe",
@@ -181,7 +182,8 @@ def test_accounting_equals_counted_parameters_and_flops(mlp, extra):
     assert fc.get_total_flops() == M.layer_flops(c)["active"]
     assert M.layer_flops(c)["total"] == 2 * M.layer_params(c)["total"]
     counted_dense = M.moe_flops(c)["active"] - c.n_layers * M.layer_flops(c)["active"]
-    assert counted_dense == 2 * (c.n_layers * 4 * 32 * 32 * (1 if c.n_kv_heads == 4 else 3 / 4) + 64 * 32)
+    kv_layers = 1 if c.kv_share == 2 else c.n_layers
+    assert counted_dense == 2 * (c.n_layers * 2 * 32 * 32 + kv_layers * 2 * 32 * 8 * c.n_kv_heads + 64 * 32)
 
 
 def test_fine_and_coarse_experts_have_equal_active_parameters():

@@ -13,7 +13,6 @@ Target cache invariant: at the start of a round it holds every committed token e
 from __future__ import annotations
 
 import inspect
-
 import time
 from typing import Any
 
