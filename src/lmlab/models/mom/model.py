@@ -19,7 +19,7 @@ from lmlab.core.blocks import Context, component
 from lmlab.core.checkpoint import CheckpointError, load_into, load_tensors
 from lmlab.core.config import from_dict
 from lmlab.core.kv_cache import KVCache
-from lmlab.core.transformer import Block, TransformerConfig
+from lmlab.core.transformer import Block, TransformerConfig, block_context, keep_aux
 
 from .routing import MoMConfig, Routing, balance_loss, fixed_route, make_router, mix_gathered, mix_per_token, route
 
@@ -190,27 +190,13 @@ class MoM(nn.Module):
     def hidden(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final normed hidden states (B, T, C)."""
-        B, T = ids.shape
-        start = cache.length if cache is not None else 0
-        if positions is None:
-            if start + T > self.cfg.max_seq_len:
-                raise ValueError(f"position {start + T - 1} is beyond max_seq_len {self.cfg.max_seq_len}")
-            positions = torch.arange(start, start + T, device=ids.device)  # (T,)
-        elif int(positions.max()) >= self.cfg.max_seq_len:
-            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.cfg.max_seq_len}")
-        if mask is not None and mask.ndim == 2:
-            mask = mask[None, None]  # (1, 1, T, S)
-        elif mask is not None and mask.ndim == 3:
-            mask = mask[:, None]  # (B, 1, T, S)
-        ctx = Context(positions, self.pos, mask, self.cfg.mask == "causal", cache)
+        ctx = block_context(self.cfg, self.pos, ids, cache, positions, mask)
         x = self.tok_emb(ids)  # (B, T, C)
         for layer in (*self.bottom, *self.chunks, *self.top):
             x = layer(x, ctx)
         if cache is not None:
-            cache.advance(T)
-        if ctx.aux and torch.is_grad_enabled():
-            for k, v in ctx.aux.items():  # summed over forward passes until the Trainer pops them
-                self._aux[k] = self._aux[k] + v if k in self._aux else v
+            cache.advance(ids.shape[1])
+        keep_aux(self._aux, ctx)
         return self.norm(x)
 
     def pop_aux(self) -> dict[str, torch.Tensor]:
