@@ -351,7 +351,9 @@ class ReLU2MLP(PlainMLP):
 SLOTS: dict[str, dict[str, type | str]] = {
     "norm": {"rmsnorm": RMSNorm, "layernorm": LayerNorm},
     "pos": {"rope": RoPE, "nope": NoPE},
-    "attn": {"sdpa": Attention, "naive": NaiveAttention},
+    "attn": {"sdpa": Attention, "naive": NaiveAttention, "alibi": "lmlab.models.dape:ALiBiAttention",
+             "kerple": "lmlab.models.dape:KerpleAttention", "fire": "lmlab.models.dape:FIREAttention",
+             "dape": "lmlab.models.dape:DAPEAttention"},
     "mlp": {"swiglu": GatedMLP, "reglu": ReGLU, "relu": PlainMLP, "silu": SiLUMLP, "gelu": GELUMLP,
             "relu2": ReLU2MLP, "moe": "lmlab.models.moe:MoEMLP"},
 }
