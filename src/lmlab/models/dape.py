@@ -1,0 +1,299 @@
+"""Position-bias attention (ALiBi, Kerple, FIRE) and DAPE v1 / v2: the attention scores as a feature map.
+
+Papers: DAPE v2, "Process Attention Score as Feature Map for Length Extrapolation" (Zheng et al., arXiv:2410.04798,
+ACL 2025; method name CDAPE) and DAPE v1, "DAPE: Data-Adaptive Positional Encoding for Length Extrapolation"
+(Zheng et al., NeurIPS 2024). The biases: ALiBi (Press et al., arXiv:2108.12409), Kerple (Chi et al.,
+arXiv:2205.09921, log variant), FIRE (Li et al., arXiv:2310.04418). Defaults follow the official code
+(github.com/chuanyang-Zheng/DAPE: ``DAPE.py``, ``megatron/model/positional_embeddings.py``, ``neox_args.py``).
+
+Idea. An additive relative PE adds ``Bias`` (H, N, N) to the logits ``A = Q K^T / sqrt(d)``. DAPE treats the 2H
+maps [A; Bias] as an image with heads as channels and adds a learned correction:
+
+    Z  = tril(concat([A, Bias], heads))                       # zero the future BEFORE convolving (causality)
+    F  = Conv2d(2H -> D, (1, k), pad (0, k//2)) -> LeakyReLU -> Conv2d(D -> H, (1, k), pad (0, k//2))
+    A' = A + Bias + F(Z)                                       # then the mask, softmax, @ V
+
+k = 1 is DAPE v1 (a per-entry MLP over heads), k = 3 is DAPE v2's default "DAPE_{1x3}"; the kernel runs along the
+key axis only, so every query row is processed on its own (a KV cache gives the same result as recomputation).
+With ``bias = "none"`` the input is A alone (H channels).
+
+Positions. Queries are the last T of the S keys (a cache holds S - T earlier ones): query t sits at index
+S - T + t and the distance to key j is i - j (clamped at 0 for keys after the query, as the official ``tril`` of
+the distance matrix). A window slot keeps the last keys contiguously, so these distances stay exact. Distances are
+indices, not ``ctx.positions``: tree-shaped drafts (siblings at one position) are not supported.
+
+Deviations. (1) The ``tril`` is generalised to the attention mask: entries the mask forbids are zeroed before the
+convolution (for the causal mask this is exactly ``tril``; for a document-packing mask no logit of another
+document leaks through a neighbouring tap). (2) Kerple's p, a are clamped at 1e-2 in the forward pass
+(functionally) instead of the official in-place clamp of ``.data``; values are equal, gradients are zero below the
+clamp. (3) The hidden map between the two convs is zeroed at the forbidden entries too: officially the hidden value
+at key i + 1 (conv bias plus the taps reading key i) reaches the query's own key i whenever the sequence goes on past
+i, but not at the last key, so a query's output would depend on how many keys follow it and a KV cache (queries at
+the last key) would disagree with recomputation. (4) FIRE's normaliser uses the query index i (the official
+``max(tril(distance), -1)``) and the Transformer's init re-draws its linear layers with ``init_std``.
+
+Use ``pos = "nope"``: with RoPE also on, the rotation acts inside A and the bias is added on top (both encodings
+apply; not a configuration of the papers). No fused kernel: DAPE needs
+the full (B, H, T, S) logits, so its memory is quadratic (see ``bench/dape_attention_cost.py``).
+
+Legend: B batch, H heads, T queries, S keys, D conv width, k kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.core.blocks import Attention, slot_options
+from lmlab.core.config import param
+
+KINDS = ("none", "alibi", "kerple", "fire")
+KERPLE_EPS = 1e-2  # official ParallelKerpleLog.eps: p and a are clamped at this value
+FIRE_EPS = 1e-6  # official FIRE eps added to the normaliser
+
+
+@dataclass
+class Config:
+    bias: str = param("kerple", "additive bias DAPE processes: none | alibi | kerple | fire (dape slot only)",
+                      source="DAPE v2 headline arm DAPE_{1x3}-Kerple (arXiv:2410.04798 §5)", choices=KINDS)
+    kernel: int = param(3, "k: conv kernel along the key axis (odd; 1 = DAPE v1, 3 = DAPE v2)",
+                        source="official neox_args dapev2_kernel / paper DAPE_{1x3}")
+    width: int = param(32, "D: hidden channels of the two-layer conv", source="official neox_args mlp_width = 32")
+    fire_c: float = param(0.1, "FIRE: initial c of psi(x) = log(c x + 1)", source="official FIRE init_c")
+    fire_L: float = param(512.0, "FIRE: initial threshold L (a learned multiplier scales it)",
+                          source="official FIRE init_L")
+
+    def __post_init__(self) -> None:
+        if self.bias not in KINDS:
+            raise ValueError(f"dape bias {self.bias!r} is unknown; expected one of {', '.join(KINDS)}")
+        if isinstance(self.kernel, bool) or not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"dape kernel {self.kernel!r} must be an odd integer >= 1 (1 = DAPE v1, 3 = DAPE v2)")
+        if self.width < 1:
+            raise ValueError(f"dape width {self.width!r} must be >= 1 (hidden channels of the conv)")
+        if self.fire_L <= 0 or self.fire_c <= 0:
+            raise ValueError(f"dape fire_c {self.fire_c!r} and fire_L {self.fire_L!r} must be > 0")
+
+
+# ---------------------------------------------------------------- distances and the three biases
+
+
+def distances(T: int, S: int, device: Any = None) -> torch.Tensor:
+    """(T, S) float: max(i - j, 0) with query t at index i = S - T + t (the official tril of the distance)."""
+    i = torch.arange(S - T, S, device=device)[:, None]
+    j = torch.arange(S, device=device)[None, :]
+    return (i - j).clamp(min=0).float()
+
+
+def alibi_slopes(n: int) -> list[float]:
+    """ALiBi's head slopes: 2^(-8h/n), h = 1..n, for n a power of 2; otherwise the paper's interleaving rule."""
+    if math.log2(n).is_integer():
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+    p = 2 ** math.floor(math.log2(n))
+    return alibi_slopes(p) + alibi_slopes(2 * p)[0::2][: n - p]
+
+
+class ALiBiBias(nn.Module):
+    """-m_h (i - j) with fixed geometric slopes m_h."""
+
+    def __init__(self, heads: int, opts: Config):
+        super().__init__()
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(heads)), persistent=False)  # (H,)
+
+    def forward(self, T: int, S: int) -> torch.Tensor:
+        return -self.slopes[:, None, None] * distances(T, S, self.slopes.device)  # (H, T, S)
+
+    def reference(self, T: int, S: int) -> torch.Tensor:
+        """The same bias entry by entry."""
+        out = torch.zeros(len(self.slopes), T, S)
+        for h, t, j in _entries(len(self.slopes), T, S):
+            out[h, t, j] = -self.slopes[h] * max(S - T + t - j, 0)
+        return out.to(self.slopes.device)
+
+
+class KerpleBias(nn.Module):
+    """Kerple (log): -p_h log(1 + a_h (i - j)), p_h, a_h > 0 learned (clamped at 1e-2)."""
+
+    def __init__(self, heads: int, opts: Config):
+        super().__init__()
+        self.p = nn.Parameter(torch.rand(heads) * 2)  # official init: uniform * 2
+        self.a = nn.Parameter(torch.rand(heads) * 1)  # official init: uniform * 1
+
+    def forward(self, T: int, S: int) -> torch.Tensor:
+        p, a = self.p.clamp(min=KERPLE_EPS), self.a.clamp(min=KERPLE_EPS)  # (H,)
+        return -p[:, None, None] * torch.log1p(a[:, None, None] * distances(T, S, p.device))  # (H, T, S)
+
+    def reference(self, T: int, S: int) -> torch.Tensor:
+        p, a = self.p.clamp(min=KERPLE_EPS), self.a.clamp(min=KERPLE_EPS)
+        rows = [[[-p[h] * torch.log(1 + a[h] * max(S - T + t - j, 0)) for j in range(S)] for t in range(T)]
+                for h in range(len(p))]
+        return torch.stack([torch.stack([torch.stack(r) for r in hs]) for hs in rows])
+
+
+class FIREBias(nn.Module):
+    """FIRE: f_theta(psi(i - j) / psi(max(L, i))), psi(x) = log(|c x| + 1), f a Linear(1, D)-ReLU-Linear(D, H) MLP,
+    L = |multiplier * L_init| a learned threshold."""
+
+    def __init__(self, heads: int, opts: Config):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, opts.width), nn.ReLU(), nn.Linear(opts.width, heads))
+        self.c = nn.Parameter(torch.tensor(float(opts.fire_c)))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("L_init", torch.tensor(float(opts.fire_L)))
+
+    def psi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.abs(self.c * x) + 1)
+
+    def forward(self, T: int, S: int) -> torch.Tensor:
+        dev = self.c.device
+        i = torch.arange(S - T, S, device=dev).float()  # (T,) query indices
+        norm = torch.maximum(i, torch.abs(self.L_multiplier * self.L_init))  # (T,)
+        x = self.psi(distances(T, S, dev)) / (self.psi(norm)[:, None] + FIRE_EPS)  # (T, S)
+        return self.mlp(x[..., None]).permute(2, 0, 1)  # (T, S, H) -> (H, T, S)
+
+    def reference(self, T: int, S: int) -> torch.Tensor:
+        L = torch.abs(self.L_multiplier * self.L_init)
+        cols = []
+        for t in range(T):
+            i = torch.tensor(float(S - T + t))
+            den = torch.log(torch.abs(self.c * torch.maximum(i, L)) + 1) + FIRE_EPS
+            for j in range(S):
+                cols.append(self.mlp((torch.log(torch.abs(self.c * max(S - T + t - j, 0)) + 1) / den).view(1)))
+        return torch.stack(cols).view(T, S, -1).permute(2, 0, 1)
+
+
+BIASES: dict[str, type[nn.Module]] = {"alibi": ALiBiBias, "kerple": KerpleBias, "fire": FIREBias}
+
+
+def _entries(H: int, T: int, S: int):
+    return ((h, t, j) for h in range(H) for t in range(T) for j in range(S))
+
+
+# ---------------------------------------------------------------- masks and the reference attention
+
+
+def allowed(mask: torch.Tensor | None, causal: bool, T: int, S: int, device: Any) -> torch.Tensor | None:
+    """The boolean (.., T, S) mask the scores see: the given one, the causal one (offset S - T) or None."""
+    if mask is not None:
+        return mask
+    if causal:
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+    return None
+
+
+def masked_softmax_v(scores: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """softmax(scores masked) @ v in float32 softmax. scores (B, H, T, S), v (B, H, S, Dh) -> (B, H, T, Dh)."""
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+
+
+def reference_conv(z: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A (1, k) 'same' convolution along the last axis written out tap by tap: (B, Cin, T, S) -> (B, Cout, T, S)."""
+    k, S = conv.kernel_size[1], z.shape[-1]
+    out = conv.bias[None, :, None, None].expand(z.shape[0], -1, *z.shape[2:]).clone()
+    for j in range(S):
+        for d in range(k):
+            src = j + d - k // 2  # zero padding outside [0, S)
+            if 0 <= src < S:
+                out[..., j] = out[..., j] + torch.einsum("oc,bct->bot", conv.weight[:, :, 0, d], z[..., src])
+    return out
+
+
+# ---------------------------------------------------------------- the attention slots
+
+
+class BiasAttention(Attention):
+    """Attention with an additive relative bias: softmax(QK^T/sqrt(d) + Bias, masked) V. The fast path hands the
+    bias to SDPA as a float mask; ``naive = True`` computes the scores and the bias explicitly."""
+
+    kind = "alibi"
+
+    def __init__(self, cfg: Any, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.opts = slot_options(cfg, "attn", Config)
+        self.bias = BIASES[self.kind](cfg.n_heads, self.opts)
+
+    def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+        T, S = q.shape[2], k.shape[2]
+        keep = allowed(mask, causal, T, S, q.device)
+        if self.naive:
+            bias = self.bias.reference(T, S).to(q.dtype)  # (H, T, S)
+            return masked_softmax_v(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, keep, v)
+        bias = self.bias(T, S).to(q.dtype)  # (H, T, S)
+        if keep is not None:
+            bias = bias.masked_fill(~keep, float("-inf"))  # (B or 1, H, T, S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+class ALiBiAttention(BiasAttention):
+    kind = "alibi"
+
+
+class KerpleAttention(BiasAttention):
+    kind = "kerple"
+
+
+class FIREAttention(BiasAttention):
+    kind = "fire"
+
+
+class DAPEAttention(Attention):
+    """DAPE: A' = A + Bias + F(tril(concat(A, Bias))); F two (1, k) convs with a LeakyReLU (k = 1: DAPE v1).
+
+    ``zero_future`` is the causality switch (the official ``tril``): never turn it off outside a test.
+    """
+
+    zero_future = True
+
+    def __init__(self, cfg: Any, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.opts = o = slot_options(cfg, "attn", Config)
+        H = cfg.n_heads
+        self.bias = BIASES[o.bias](H, o) if o.bias != "none" else None
+        channels = 2 * H if self.bias is not None else H
+        self.conv1 = nn.Conv2d(channels, o.width, (1, o.kernel), padding=(0, o.kernel // 2))
+        self.conv2 = nn.Conv2d(o.width, H, (1, o.kernel), padding=(0, o.kernel // 2))
+
+    def features(self, a: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """Z: [A; Bias] (B, 2H or H, T, S) with the entries the mask forbids set to 0 (also used on the hidden map)."""
+        z = a if bias is None else torch.cat([a, bias.expand(a.shape[0], -1, -1, -1)], dim=1)
+        if self.zero_future and keep is not None:
+            z = z.masked_fill(~keep, 0.0)
+        return z
+
+    def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+        T, S = q.shape[2], k.shape[2]
+        keep = allowed(mask, causal, T, S, q.device)
+        a = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        bias = None
+        if self.bias is not None:
+            bias = (self.bias.reference(T, S) if self.naive else self.bias(T, S)).to(a.dtype)[None]  # (1, H, T, S)
+        z = self.features(a, bias, keep)
+        conv = reference_conv if self.naive else (lambda x, layer: layer(x))
+        hidden = self.features(F.leaky_relu(conv(z, self.conv1)), None, keep)  # (B, D, T, S), forbidden keys 0
+        f = conv(hidden, self.conv2)  # (B, H, T, S)
+        scores = a + f if bias is None else a + bias + f
+        return masked_softmax_v(scores, keep, v)
+
+
+class NaiveALiBiAttention(ALiBiAttention):
+    naive = True
+
+
+class NaiveKerpleAttention(KerpleAttention):
+    naive = True
+
+
+class NaiveFIREAttention(FIREAttention):
+    naive = True
+
+
+class NaiveDAPEAttention(DAPEAttention):
+    """DAPE with explicit bias loops and a tap-by-tap convolution (the reference for the fast path)."""
+
+    naive = True
