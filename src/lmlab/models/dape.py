@@ -15,7 +15,8 @@ maps [A; Bias] as an image with heads as channels and adds a learned correction:
 
 k = 1 is DAPE v1 (a per-entry MLP over heads), k = 3 is DAPE v2's default "DAPE_{1x3}"; the kernel runs along the
 key axis only, so every query row is processed on its own (a KV cache gives the same result as recomputation).
-With ``bias = "none"`` the input is A alone (H channels).
+With ``bias = "none"`` the input is A alone (H channels; the official ``DAPEV2`` class
+declares 2H input channels on that path but feeds H, a latent bug not copied here).
 
 Positions. Queries are the last T of the S keys (a cache holds S - T earlier ones): query t sits at index
 S - T + t and the distance to key j is i - j (clamped at 0 for keys after the query, as the official ``tril`` of
