@@ -134,9 +134,11 @@ def test_hf_cache_bytes_and_cached_equals_recomputed():
     assert hf_cache_bytes(cache) == hf_cache_bytes(base_cache) > 0
 
 
+@pytest.mark.parametrize("kind", ["lmlab", "hf"])
 @torch.no_grad()
-def test_hf_tree_positions_and_mask_match_recomputation():
-    model = apply_moice(HFCausalLM(tiny_llama()), Config(bases=BASES, top_k=2))
+def test_tree_positions_and_mask_match_recomputation(kind):
+    base = tiny_lmlab() if kind == "lmlab" else HFCausalLM(tiny_llama())
+    model = apply_moice(base, Config(bases=BASES, top_k=2))
     ids = ids_batch(B=1, T=8)
     cache = model.new_cache()
     model(ids[:, :5], cache=cache)

@@ -11,6 +11,10 @@ each layer the increase of the running loss, so the sum over layers is the loss 
 ``BalanceCollector`` and ``apply_moice`` sets ``model.pop_aux`` to the collector's ``pop``, the method the Trainer
 reads. Both record only when gradients are enabled (no growth during generation).
 
+Limit: the cache keeps no positions, so cached keys are taken at positions 0..S-T-1 (the new ones where the
+queries are), which holds for lmlab's caches and for ``HFCache`` (after ``gather`` too), not for a Hugging Face
+batch whose ``position_ids`` skip left padding. Sliding-window layers and cross-layer KV sharing are refused.
+
 ``save_routers`` / ``load_routers`` write and read only the routers: ``moice.safetensors`` + ``moice_config.json``.
 """
 
