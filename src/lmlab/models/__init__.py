@@ -18,6 +18,9 @@ REGISTRY = Registry("models", {
                  summary="Mixture-of-Modules: per-token routed attention/FFN module pools over H rounds (GRU/MLP "
                  "router, SKIP)",
                  config="lmlab.models.mom:MoMConfig", caps=("kv_cache",)),
+    "dape": Entry("lmlab.models.dape:DAPEAttention", paper="arXiv:2410.04798", status="experimental",
+                  summary="DAPE v1/v2: a (1 x k) convolution across heads over attention logits + position bias; "
+                          "ALiBi / Kerple / FIRE attention slots", config="lmlab.models.dape:Config"),
     "yi_lightning": Entry("lmlab.models.yi_lightning:build", paper="arXiv:2412.01253", status="experimental",
                           summary="fine-grained MoE with 3-level balance losses, SSSF hybrid attention with "
                                   "cross-layer KV sharing, KV planner, packed SFT",
