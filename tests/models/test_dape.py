@@ -49,11 +49,16 @@ def scramble(m: torch.nn.Module, seed: int) -> None:
 # ---------------------------------------------------------------- closed forms
 
 
+def at(T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of T queries that are the last T of S consecutive keys."""
+    return torch.arange(S - T, S), torch.arange(S)
+
+
 def test_alibi_slopes_and_bias_closed_form():
     assert M.alibi_slopes(4) == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
     assert M.alibi_slopes(8) == [2 ** -h for h in range(1, 9)]
     assert M.alibi_slopes(6) == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]  # the paper's rule for 6
-    b = M.ALiBiBias(4, M.Config())(2, 4)  # queries at indices 2, 3 of 4 keys
+    b = M.ALiBiBias(4, M.Config())(*at(2, 4))[0]  # queries at positions 2, 3 of 4 keys
     m = torch.tensor(M.alibi_slopes(4))[:, None]
     assert torch.equal(b[:, 0], -m * torch.tensor([2.0, 1, 0, 0]))
     assert torch.equal(b[:, 1], -m * torch.tensor([3.0, 2, 1, 0]))
@@ -64,7 +69,7 @@ def test_kerple_bias_closed_form_and_clamp():
     with torch.no_grad():
         k.p.copy_(torch.tensor([1.5, 0.5]))
         k.a.copy_(torch.tensor([0.25, -3.0]))  # a < 1e-2 is used as 1e-2
-    b = k(3, 3)
+    b = k(*at(3, 3))[0]
     assert b.shape == (2, 3, 3)
     assert b[0, 2, 0].item() == pytest.approx(-1.5 * math.log(1 + 0.25 * 2), abs=1e-7)
     assert b[1, 2, 1].item() == pytest.approx(-0.5 * math.log(1 + 0.01 * 1), abs=1e-7)
@@ -81,7 +86,7 @@ def test_fire_bias_closed_form_and_threshold():
         f.c.fill_(0.5)
         f.L_multiplier.fill_(1.0)  # L = 2: queries at indices >= 2 normalise by their own index
     T, S = 3, 5
-    b = f(T, S)
+    b = f(*at(T, S))[0]
     assert b.shape == (3, T, S)
 
     def entry(i: int, j: int) -> torch.Tensor:
@@ -99,7 +104,9 @@ def test_every_bias_equals_its_entry_by_entry_reference():
     for kind, cls in M.BIASES.items():
         m = cls(4, M.Config(width=8))
         scramble(m, 2)
-        assert torch.allclose(m(3, 7), m.reference(3, 7), atol=1e-6), kind
+        assert torch.allclose(m(*at(3, 7)), m.reference(*at(3, 7)), atol=1e-6), kind
+        q, k = torch.tensor([[4, 5], [0, 1]]), torch.tensor([[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 0, 1]])  # batched
+        assert torch.allclose(m(q, k), m.reference(q, k), atol=1e-6), kind
 
 
 # ---------------------------------------------------------------- DAPE's promises
@@ -270,3 +277,73 @@ def test_tiny_dape_model_trains_and_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids), loaded(ids))
     assert isinstance(loaded.layers[1].attn, M.DAPEAttention) and loaded.layers[1].attn.opts.width == 8
+
+
+# ---------------------------------------------------------------- positions, not indices
+
+
+@pytest.mark.parametrize("attn,args", [("fire", {}), ("dape", dict(bias="fire")), ("alibi", {}),
+                                       ("dape", dict(bias="kerple"))])
+def test_sliding_window_cache_and_restarting_positions_use_absolute_positions(attn, args):
+    """FIRE normalises by the query's absolute position: a window slot's cache (which returns only its last keys)
+    and a packed document (positions restart) must give it the positions the sequence stands for."""
+    from lmlab.core.config import to_dict
+
+    c = TransformerConfig(**{**to_dict(cfg(attn, **args)), "layer_pattern": "SF", "window": 4, "n_kv_heads": 2})
+    torch.manual_seed(8)
+    m = Transformer(c).eval()
+    scramble(m, 3)  # FIRE's threshold L = 5.12: positions past 5 normalise by themselves
+    ids = torch.randint(0, 64, (2, 14))
+    with torch.no_grad():
+        cache = m.new_cache(batch=2, max_len=48)
+        steps = [m(ids[:, :5], cache=cache)] + [m(ids[:, t:t + 1], cache=cache) for t in range(5, 11)]
+        steps.append(m(ids[:, 11:], cache=cache))
+        assert torch.allclose(torch.cat(steps, 1), m(ids), atol=1e-5)
+        a, b = ids[:1, :8], ids[1:, :9]
+        doc = torch.tensor([0] * 8 + [1] * 9)
+        mask = (doc[:, None] == doc[None, :]) & torch.ones(17, 17, dtype=torch.bool).tril()
+        positions = torch.cat([torch.arange(8), torch.arange(9)])
+        packed = m(torch.cat([a, b], 1), mask=mask, positions=positions)
+        assert torch.allclose(packed[:, 8:], m(b), atol=1e-5) and torch.allclose(packed[:, :8], m(a), atol=1e-5)
+
+
+@pytest.mark.parametrize("attn,args", [("alibi", {}), ("kerple", {}), ("fire", {}), ("dape", dict(kernel=1))])
+def test_a_draft_tree_scored_through_bias_slots_equals_its_path(attn, args):
+    from lmlab.core import masks
+
+    torch.manual_seed(0)
+    m = Transformer(cfg(attn, **args)).eval()
+    scramble(m, 5)
+    ids = torch.randint(0, 64, (1, 10))
+    with torch.no_grad():
+        cache = m.new_cache(1, 40)
+        m(ids, cache=cache)
+        toks, depth = torch.tensor([[7, 11, 12, 13, 14]]), torch.tensor([0, 1, 1, 1, 2])
+        tree = m(toks, cache=cache, positions=depth + 10, mask=masks.tree([-1, 0, 0, 0, 3], prefix_len=10))[0]
+        path = m(torch.cat([ids, torch.tensor([[7, 13, 14]])], 1))[0]
+    assert torch.allclose(tree[[0, 3, 4]], path[-3:], atol=1e-5)
+
+
+def test_dape_v2_refuses_a_draft_tree():
+    from lmlab.core import masks
+
+    m = Transformer(cfg("dape", kernel=3)).eval()
+    cache = m.new_cache(1, 40)
+    m(torch.randint(0, 64, (1, 10)), cache=cache)
+    with pytest.raises(ValueError, match="one contiguous run of keys"):
+        m(torch.tensor([[1, 2, 3]]), cache=cache, positions=torch.tensor([10, 11, 11]),
+          mask=masks.tree([-1, 0, 0], prefix_len=10))
+
+
+@pytest.mark.parametrize("attn,args", [("alibi", {}), ("fire", {}), ("dape", dict(bias="kerple")),
+                                       ("dape", dict(bias="fire"))])
+def test_a_query_that_may_see_no_key_gives_a_finite_output_and_bf16_weights_run(attn, args):
+    torch.manual_seed(0)
+    m = Transformer(cfg(attn, **args)).eval()
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    mask[0, 0] = False  # query 0 may see nothing
+    with torch.no_grad():
+        out = m(torch.randint(0, 64, (1, 6)), mask=mask)
+        assert torch.isfinite(out).all()
+        half = m.to(torch.bfloat16)(torch.randint(0, 64, (1, 6)))
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()

@@ -351,3 +351,21 @@ def test_models_moice_cannot_serve_are_clear_errors():
     hf.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": BASE}
     with pytest.raises(ValueError, match="default RoPE"):
         apply_moice(hf, Config(bases=BASES))
+
+
+def test_router_only_means_only_moices_routers_even_beside_moe_routers():
+    model = tiny_lmlab(mlp="moe", slot_args={"mlp": {"experts": 4, "top_k": 2}})
+    apply_moice(model, Config(bases=BASES, top_k=2))
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable and all(".attn.router." in n for n in trainable), trainable
+    assert not model.layers[0].mlp.router.weight.requires_grad  # the MoE's router stays frozen
+
+
+def test_attention_with_extra_modules_is_refused():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=64, rope_theta=BASE)
+    model = Qwen3ForCausalLM(cfg)
+    with pytest.raises(ValueError, match=r"has modules \['k_norm', 'q_norm'\] besides"):
+        apply_moice(model, Config(bases=BASES))

@@ -40,6 +40,11 @@ def test_every_factor_gives_finite_numbers_on_the_same_tokens():
     assert out[2]["mean_nll"] == pytest.approx(total / sum(s.tokens for s in one_by_one), rel=1e-5)
 
 
+def test_factors_that_do_not_divide_each_other_share_one_stream():
+    out = length_extrapolation(tiny(), stream(), train_len=8, factors=(2, 3))  # 16 and 24: 288 = 6 x 48 tokens
+    assert (out[2]["windows"], out[3]["windows"]) == (18, 12)
+
+
 def test_lengths_see_their_own_context():
     """A longer window changes what the model conditions on: the rows differ, so no length is silently clipped."""
     out = length_extrapolation(tiny(), stream(), train_len=8, factors=(1, 8))
@@ -72,7 +77,7 @@ def test_bad_arguments_raise_naming_the_value(kwargs, match):
 
 
 def test_too_few_or_malformed_tokens_raise():
-    with pytest.raises(ValueError, match="hold 40 tokens; the longest length 64"):
+    with pytest.raises(ValueError, match=r"hold 40 tokens; lengths \[8, 16, 32, 64\] need at least 64"):
         length_extrapolation(tiny(), stream(40), train_len=8)
     with pytest.raises(ValueError, match="1-D sequence of integer token ids"):
         length_extrapolation(tiny(), stream().view(3, 100), train_len=8)

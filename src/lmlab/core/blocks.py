@@ -96,6 +96,15 @@ def kv_layout(cfg: Any) -> KVLayout:
     return KVLayout(slots, windows, producers)
 
 
+def query_key_positions(ctx: Context, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute positions of the T queries (``ctx.positions``) and of the S keys they attend over: the S - T cached
+    keys hold the positions just before the cache's length, the T new keys the queries' own. (T,), (S,) or batched."""
+    q = ctx.positions  # (T,) or (B, T)
+    end = ctx.cache.length if ctx.cache is not None else 0
+    old = torch.arange(end - (S - T), end, device=q.device).expand(*q.shape[:-1], S - T)  # (S-T,) or (B, S-T)
+    return q, torch.cat([old, q], -1)
+
+
 # ---------------------------------------------------------------- norms
 
 
@@ -252,10 +261,8 @@ class Attention(nn.Module):
         Positions, not indices: a tree of draft nodes puts siblings at one position. The S - T cached keys hold the
         consecutive positions before the cache's length; the T new keys are at ``ctx.positions``.
         """
-        q = ctx.positions  # (T,) or (B, T)
-        end = ctx.cache.length if ctx.cache is not None else 0
-        old = torch.arange(end - (S - T), end, device=q.device).expand(*q.shape[:-1], S - T)  # (S-T,) or (B, S-T)
-        near = q[..., :, None] - torch.cat([old, q], -1)[..., None, :] < self.window  # (T, S) or (B, T, S)
+        q, k = query_key_positions(ctx, T, S)
+        near = q[..., :, None] - k[..., None, :] < self.window  # (T, S) or (B, T, S)
         if q.ndim == 2:
             near = near[:, None]  # (B, 1, T, S)
         if mask is None:

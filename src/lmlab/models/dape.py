@@ -42,6 +42,7 @@ Legend: B batch, H heads, T queries, S keys, D conv width, k kernel.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.core.blocks import Attention, slot_options
+from lmlab.core.blocks import Attention, Context, query_key_positions, slot_options
 from lmlab.core.config import param
 
 KINDS = ("none", "alibi", "kerple", "fire")
@@ -83,11 +84,16 @@ class Config:
 # ---------------------------------------------------------------- distances and the three biases
 
 
-def distances(T: int, S: int, device: Any = None) -> torch.Tensor:
-    """(T, S) float: max(i - j, 0) with query t at index i = S - T + t (the official tril of the distance)."""
-    i = torch.arange(S - T, S, device=device)[:, None]
-    j = torch.arange(S, device=device)[None, :]
-    return (i - j).clamp(min=0).float()
+def distances(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """max(i - j, 0) for query positions i (T,) or (B, T) and key positions j (S,) or (B, S), as a float
+    (1 or B, 1, T, S) map (the official tril of the distance); positions, so a cache, a window slot, packed documents
+    with restarting positions and a draft tree all see the distances of the sequence they stand for."""
+    d = (q[..., :, None] - k[..., None, :]).clamp(min=0).float()  # (T, S) or (B, T, S)
+    return d[None, None] if d.ndim == 2 else d[:, None]
+
+
+def _per_head(x: torch.Tensor, H: int) -> torch.Tensor:
+    return x.view(1, H, 1, 1)
 
 
 def alibi_slopes(n: int) -> list[float]:
@@ -105,14 +111,15 @@ class ALiBiBias(nn.Module):
         super().__init__()
         self.register_buffer("slopes", torch.tensor(alibi_slopes(heads)), persistent=False)  # (H,)
 
-    def forward(self, T: int, S: int) -> torch.Tensor:
-        return -self.slopes[:, None, None] * distances(T, S, self.slopes.device)  # (H, T, S)
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return -_per_head(self.slopes, len(self.slopes)) * distances(q, k)  # (1 or B, H, T, S)
 
-    def reference(self, T: int, S: int) -> torch.Tensor:
+    def reference(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The same bias entry by entry."""
-        out = torch.zeros(len(self.slopes), T, S)
-        for h, t, j in _entries(len(self.slopes), T, S):
-            out[h, t, j] = -self.slopes[h] * max(S - T + t - j, 0)
+        d = distances(q, k)
+        out = torch.zeros(d.shape[0], len(self.slopes), *d.shape[2:])
+        for b, h, t, j in _entries(out.shape):
+            out[b, h, t, j] = -self.slopes[h] * max(float(d[b, 0, t, j]), 0.0)
         return out.to(self.slopes.device)
 
 
@@ -124,15 +131,17 @@ class KerpleBias(nn.Module):
         self.p = nn.Parameter(torch.rand(heads) * 2)  # official init: uniform * 2
         self.a = nn.Parameter(torch.rand(heads) * 1)  # official init: uniform * 1
 
-    def forward(self, T: int, S: int) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         p, a = self.p.clamp(min=KERPLE_EPS), self.a.clamp(min=KERPLE_EPS)  # (H,)
-        return -p[:, None, None] * torch.log1p(a[:, None, None] * distances(T, S, p.device))  # (H, T, S)
+        H = len(p)
+        return -_per_head(p, H) * torch.log1p(_per_head(a, H) * distances(q, k))  # (1 or B, H, T, S)
 
-    def reference(self, T: int, S: int) -> torch.Tensor:
+    def reference(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         p, a = self.p.clamp(min=KERPLE_EPS), self.a.clamp(min=KERPLE_EPS)
-        rows = [[[-p[h] * torch.log(1 + a[h] * max(S - T + t - j, 0)) for j in range(S)] for t in range(T)]
-                for h in range(len(p))]
-        return torch.stack([torch.stack([torch.stack(r) for r in hs]) for hs in rows])
+        d = distances(q, k)
+        shape = (d.shape[0], len(p), *d.shape[2:])
+        vals = [-p[h] * torch.log(1 + a[h] * d[b, 0, t, j]) for b, h, t, j in _entries(shape)]
+        return torch.stack(vals).view(shape)
 
 
 class FIREBias(nn.Module):
@@ -149,29 +158,32 @@ class FIREBias(nn.Module):
     def psi(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.abs(self.c * x) + 1)
 
-    def forward(self, T: int, S: int) -> torch.Tensor:
-        dev = self.c.device
-        i = torch.arange(S - T, S, device=dev).float()  # (T,) query indices
-        norm = torch.maximum(i, torch.abs(self.L_multiplier * self.L_init))  # (T,)
-        x = self.psi(distances(T, S, dev)) / (self.psi(norm)[:, None] + FIRE_EPS)  # (T, S)
-        return self.mlp(x[..., None]).permute(2, 0, 1)  # (T, S, H) -> (H, T, S)
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        i = q.float()[..., :, None]  # (T, 1) or (B, T, 1): the query's absolute position
+        i = i[None, None] if i.ndim == 2 else i[:, None]  # (1 or B, 1, T, 1)
+        norm = torch.maximum(i, torch.abs(self.L_multiplier * self.L_init))
+        x = self.psi(distances(q, k)) / (self.psi(norm) + FIRE_EPS)  # (1 or B, 1, T, S)
+        w = self.mlp[0].weight
+        return self.mlp(x[:, 0, ..., None].to(w.dtype)).permute(0, 3, 1, 2)  # (1 or B, T, S, H) -> (.., H, T, S)
 
-    def reference(self, T: int, S: int) -> torch.Tensor:
+    def reference(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         L = torch.abs(self.L_multiplier * self.L_init)
-        cols = []
-        for t in range(T):
-            i = torch.tensor(float(S - T + t))
-            den = torch.log(torch.abs(self.c * torch.maximum(i, L)) + 1) + FIRE_EPS
-            for j in range(S):
-                cols.append(self.mlp((torch.log(torch.abs(self.c * max(S - T + t - j, 0)) + 1) / den).view(1)))
-        return torch.stack(cols).view(T, S, -1).permute(2, 0, 1)
+        d = distances(q, k)
+        qb = q.float().expand(d.shape[0], d.shape[2]) if q.ndim == 1 else q.float()  # (1 or B, T)
+        out = []
+        for b in range(d.shape[0]):
+            for t in range(d.shape[2]):
+                den = torch.log(torch.abs(self.c * torch.maximum(qb[b, t], L)) + 1) + FIRE_EPS
+                for j in range(d.shape[3]):
+                    out.append(self.mlp((torch.log(torch.abs(self.c * d[b, 0, t, j]) + 1) / den).view(1)))
+        return torch.stack(out).view(d.shape[0], d.shape[2], d.shape[3], -1).permute(0, 3, 1, 2)
 
 
 BIASES: dict[str, type[nn.Module]] = {"alibi": ALiBiBias, "kerple": KerpleBias, "fire": FIREBias}
 
 
-def _entries(H: int, T: int, S: int):
-    return ((h, t, j) for h in range(H) for t in range(T) for j in range(S))
+def _entries(shape: tuple[int, ...]):
+    return itertools.product(*(range(n) for n in shape))
 
 
 # ---------------------------------------------------------------- masks and the reference attention
@@ -186,11 +198,22 @@ def allowed(mask: torch.Tensor | None, causal: bool, T: int, S: int, device: Any
     return None
 
 
+def contiguous(keep: torch.Tensor) -> bool:
+    """Whether every query row of the boolean mask (.., T, S) allows one contiguous run of keys (or none)."""
+    S = keep.shape[-1]
+    count = keep.sum(-1)
+    first = keep.int().argmax(-1)
+    last = S - 1 - keep.flip(-1).int().argmax(-1)
+    return bool(((count == 0) | (count == last - first + 1)).all())
+
+
 def masked_softmax_v(scores: torch.Tensor, keep: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
     """softmax(scores masked) @ v in float32 softmax. scores (B, H, T, S), v (B, H, S, Dh) -> (B, H, T, Dh)."""
-    if keep is not None:
-        scores = scores.masked_fill(~keep, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+    if keep is None:
+        return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
+    probs = torch.softmax(scores.masked_fill(~keep, float("-inf")).float(), dim=-1)
+    probs = probs.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # a query that may see no key attends to nothing
+    return probs.to(v.dtype) @ v
 
 
 def reference_conv(z: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -208,7 +231,25 @@ def reference_conv(z: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 # ---------------------------------------------------------------- the attention slots
 
 
-class BiasAttention(Attention):
+class PositionedAttention(Attention):
+    """An Attention whose score transform needs the absolute positions of its queries and keys: ``forward`` keeps
+    the pass's context for ``scores_to_output`` (which sees only tensors)."""
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        self._ctx = ctx
+        try:
+            return super().forward(x, ctx)
+        finally:
+            self._ctx = None
+
+    def positions(self, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:  # called outside a model's forward: queries are the last T of S consecutive keys
+            return torch.arange(S - T, S), torch.arange(S)
+        return query_key_positions(ctx, T, S)
+
+
+class BiasAttention(PositionedAttention):
     """Attention with an additive relative bias: softmax(QK^T/sqrt(d) + Bias, masked) V. The fast path hands the
     bias to SDPA as a float mask; ``naive = True`` computes the scores and the bias explicitly."""
 
@@ -222,12 +263,15 @@ class BiasAttention(Attention):
     def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
         T, S = q.shape[2], k.shape[2]
         keep = allowed(mask, causal, T, S, q.device)
+        pos = [p.to(q.device) for p in self.positions(T, S)]
         if self.naive:
-            bias = self.bias.reference(T, S).to(q.dtype)  # (H, T, S)
+            bias = self.bias.reference(*pos).to(q.dtype)  # (1 or B, H, T, S)
             return masked_softmax_v(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, keep, v)
-        bias = self.bias(T, S).to(q.dtype)  # (H, T, S)
+        bias = self.bias(*pos).to(q.dtype)  # (1 or B, H, T, S)
         if keep is not None:
             bias = bias.masked_fill(~keep, float("-inf"))  # (B or 1, H, T, S)
+            if not bool(keep.any(-1).all()):  # a query that may see no key: SDPA's NaN row -> the reference's 0
+                return masked_softmax_v(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, keep, v)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
@@ -243,7 +287,7 @@ class FIREAttention(BiasAttention):
     kind = "fire"
 
 
-class DAPEAttention(Attention):
+class DAPEAttention(PositionedAttention):
     """DAPE: A' = A + Bias + F(tril(concat(A, Bias))); F two (1, k) convs with a LeakyReLU (k = 1: DAPE v1).
 
     ``zero_future`` is the causality switch (the official ``tril``): never turn it off outside a test.
@@ -271,9 +315,14 @@ class DAPEAttention(Attention):
         T, S = q.shape[2], k.shape[2]
         keep = allowed(mask, causal, T, S, q.device)
         a = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        pos = [p.to(q.device) for p in self.positions(T, S)]
+        if self.opts.kernel > 1 and keep is not None and not contiguous(keep):
+            raise ValueError(f"DAPE (kernel {self.opts.kernel}) convolves along the key axis, so every query must see "
+                             "one contiguous run of keys (causal, window or document masks); a draft tree's mask "
+                             "cannot be scored exactly")
         bias = None
         if self.bias is not None:
-            bias = (self.bias.reference(T, S) if self.naive else self.bias(T, S)).to(a.dtype)[None]  # (1, H, T, S)
+            bias = (self.bias.reference(*pos) if self.naive else self.bias(*pos)).to(a.dtype)  # (1 or B, H, T, S)
         z = self.features(a, bias, keep)
         conv = reference_conv if self.naive else (lambda x, layer: layer(x))
         hidden = self.features(F.leaky_relu(conv(z, self.conv1)), None, keep)  # (B, D, T, S), forbidden keys 0

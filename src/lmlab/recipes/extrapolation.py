@@ -2,10 +2,11 @@
 
 ``length_extrapolation(model, ids, train_len)`` scores one held-out token stream at T, 2T, 4T, 8T (T = the training
 length): the stream is cut into non-overlapping windows of each length and scored by :func:`core.scoring.score`,
-so every length is measured on the same tokens and each token is a target at most once (the first token of a
-window is its context only, so at length T' a window scores T' - 1 tokens). The stream used is the longest prefix
-that is a whole number of windows of the longest length. A model whose ``max_seq_len`` is below a requested length
-is an error (it cannot place those positions), never a silent truncation.
+so every length reads the same stream and each token is a target at most once (the first token of a window is its
+context only, so at length T' a window scores T' - 1 tokens and the scored sets differ by those first tokens). The
+stream used is the longest prefix that is a whole number of windows at every length. A model whose
+``max_seq_len`` is below a requested length is an error (it cannot place those positions), never a silent
+truncation.
 
 ``depth_accuracy(model, codec, task, depths, n)`` is greedy (or masked, for bidirectional models) exact-match
 accuracy of a task-trained model on the retrieval probe at each needle depth, through the task recipe's decoding
@@ -14,6 +15,7 @@ and the task's exact verifier.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,10 +66,11 @@ def length_extrapolation(model: Any, token_ids: Any, train_len: int, factors: Se
         raise ValueError(f"lengths {sorted(too_long.values())} (factors {sorted(too_long)} x train_len {train_len}"
                          f"{' + BOS' if extra else ''}) exceed the model's max_seq_len {limit}")
     ids = _stream(token_ids)
-    longest = max(lengths.values())
-    usable = ids.numel() // longest * longest
+    step = math.lcm(*lengths.values())  # a whole number of windows at every length
+    usable = ids.numel() // step * step
     if usable == 0:
-        raise ValueError(f"token_ids hold {ids.numel()} tokens; the longest length {longest} needs at least that many")
+        raise ValueError(f"token_ids hold {ids.numel()} tokens; lengths {sorted(lengths.values())} need at least "
+                         f"{step} (their least common multiple)")
     ids = ids[:usable].to(model.device)
     was = model.training
     model.eval()

@@ -174,6 +174,12 @@ def _apply_hf(model: nn.Module, cfg: Config) -> None:
     first = layers[0].self_attn
     tables = BaseTables(first.head_dim, int(config.max_position_embeddings), cfg.bases).to(first.q_proj.weight.device)
     collector = BalanceCollector(cfg.aux_coef)
+    plain = {"q_proj", "k_proj", "v_proj", "o_proj", "rotary_emb"}
+    for i, layer in enumerate(layers):
+        extra = sorted(n for n, _ in layer.self_attn.named_children() if n not in plain)
+        if extra:  # e.g. Qwen3 / OLMo-2 q_norm, k_norm: the MoICE attention would silently drop them
+            raise ValueError(f"layer {i}'s attention ({type(layer.self_attn).__name__}) has modules {extra} besides "
+                             f"the q/k/v/o projections; MoICE supports Llama-style attention only")
     for layer in layers:
         layer.self_attn = MoICELlamaAttention(layer.self_attn, tables, cfg, collector)
     model.pop_aux = collector.pop
@@ -211,15 +217,17 @@ def apply_moice(model: nn.Module, cfg: Config | None = None) -> nn.Module:
         _apply_hf(target, cfg)
         if target is not model:
             model.pop_aux = target.pop_aux
-    for name, p in model.named_parameters():
-        p.requires_grad_(".router." in f".{name}")
+    mine = {id(p) for p in router_state(model).values()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in mine)
     model._moice_config = cfg
     return model
 
 
 def router_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The routers' parameters by their names in ``model``."""
-    return {n: p for n, p in model.named_parameters() if ".router." in f".{n}"}
+    """The MoICE routers' parameters by their names in ``model`` (not other modules named router, e.g. MoE's)."""
+    attns = [(n, m) for n, m in model.named_modules() if isinstance(m, (MoICEAttention, MoICELlamaAttention))]
+    return {f"{n}.router.{k}": p for n, m in attns for k, p in m.router.named_parameters()}
 
 
 def save_routers(model: nn.Module, folder: str | Path) -> Path:
