@@ -18,10 +18,11 @@ key axis only, so every query row is processed on its own (a KV cache gives the 
 With ``bias = "none"`` the input is A alone (H channels; the official ``DAPEV2`` class
 declares 2H input channels on that path but feeds H, a latent bug not copied here).
 
-Positions. Queries are the last T of the S keys (a cache holds S - T earlier ones): query t sits at index
-S - T + t and the distance to key j is i - j (clamped at 0 for keys after the query, as the official ``tril`` of
-the distance matrix). A window slot keeps the last keys contiguously, so these distances stay exact. Distances are
-indices, not ``ctx.positions``: tree-shaped drafts (siblings at one position) are not supported.
+Positions. The distance from query i to key j is pos(i) - pos(j), clamped at 0 for keys after the query (the
+official ``tril`` of the distance matrix), with positions from the forward pass (``core.blocks.
+query_key_positions``): a cache, a sliding-window slot, packed documents whose positions restart and a draft tree
+(siblings at one position) all see the distances of the sequence they stand for. DAPE v2's convolution also reads
+neighbouring keys, so it refuses masks under which a query sees a non-contiguous run of keys (draft trees).
 
 Deviations. (1) The ``tril`` is generalised to the attention mask: entries the mask forbids are zeroed before the
 convolution (for the causal mask this is exactly ``tril``; for a document-packing mask no logit of another
@@ -30,7 +31,7 @@ document leaks through a neighbouring tap). (2) Kerple's p, a are clamped at 1e-
 clamp. (3) The hidden map between the two convs is zeroed at the forbidden entries too: officially the hidden value
 at key i + 1 (conv bias plus the taps reading key i) reaches the query's own key i whenever the sequence goes on past
 i, but not at the last key, so a query's output would depend on how many keys follow it and a KV cache (queries at
-the last key) would disagree with recomputation. (4) FIRE's normaliser uses the query index i (the official
+the last key) would disagree with recomputation. (4) FIRE's normaliser uses the query's position i (the official
 ``max(tril(distance), -1)``) and the Transformer's init re-draws its linear layers with ``init_std``.
 
 Use ``pos = "nope"``: with RoPE also on, the rotation acts inside A and the bias is added on top (both encodings
