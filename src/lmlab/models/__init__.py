@@ -21,6 +21,10 @@ REGISTRY = Registry("models", {
     "dape": Entry("lmlab.models.dape:DAPEAttention", paper="arXiv:2410.04798", status="experimental",
                   summary="DAPE v1/v2: a (1 x k) convolution across heads over attention logits + position bias; "
                           "ALiBi / Kerple / FIRE attention slots", config="lmlab.models.dape:Config"),
+    "moice": Entry("lmlab.models.moice:apply_moice", paper="arXiv:2406.19598", status="experimental",
+                   summary="MoICE: per head and token, a router mixes attentions under N RoPE bases; router-only "
+                           "training, pre-RoPE KV cache, lmlab and HF Llama models",
+                   config="lmlab.models.moice:Config"),
     "yi_lightning": Entry("lmlab.models.yi_lightning:build", paper="arXiv:2412.01253", status="experimental",
                           summary="fine-grained MoE with 3-level balance losses, SSSF hybrid attention with "
                                   "cross-layer KV sharing, KV planner, packed SFT",
