@@ -102,13 +102,17 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos = component("pos", cfg.pos)(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.layers = self.build_layers(cfg)
         self.norm = component("norm", cfg.norm)(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self._aux: dict[str, torch.Tensor] = {}
         self.apply(self._init)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+
+    def build_layers(self, cfg: TransformerConfig) -> nn.ModuleList:
+        """The blocks ``hidden`` runs, in order; a model that assembles another stack (MoM) overrides this."""
+        return nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -146,14 +150,28 @@ class Transformer(nn.Module):
     def hidden(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, layers: list[int] | None = None) -> torch.Tensor:
         """Final normed hidden states (B, T, C). ``layers`` runs only those blocks (self-speculative drafts)."""
-        ctx = block_context(self.cfg, self.pos, ids, cache, positions, mask)
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            if start + T > self.cfg.max_seq_len:  # checked in Python: no tensor op or sync per decode step
+                raise ValueError(f"position {start + T - 1} is beyond max_seq_len {self.cfg.max_seq_len}")
+            positions = torch.arange(start, start + T, device=ids.device)  # (T,)
+        elif int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.cfg.max_seq_len}")
+        if mask is not None and mask.ndim == 2:
+            mask = mask[None, None]  # (1, 1, T, S)
+        elif mask is not None and mask.ndim == 3:
+            mask = mask[:, None]  # (B, 1, T, S)
+        ctx = Context(positions, self.pos, mask, self.cfg.mask == "causal", cache)
         x = self.tok_emb(ids)  # (B, T, C)
         for i, block in enumerate(self.layers):
             if layers is None or i in layers:
                 x = block(x, ctx)
         if cache is not None:
-            cache.advance(ids.shape[1])
-        keep_aux(self._aux, ctx)
+            cache.advance(T)
+        if ctx.aux and torch.is_grad_enabled():
+            for k, v in ctx.aux.items():  # summed over the forward passes until the Trainer pops them
+                self._aux[k] = self._aux[k] + v if k in self._aux else v
         return self.norm(x)
 
     def pop_aux(self) -> dict[str, torch.Tensor]:
@@ -165,32 +183,6 @@ class Transformer(nn.Module):
                 mask: torch.Tensor | None = None, layers: list[int] | None = None) -> torch.Tensor:
         """Logits (B, T, V). mask: bool (T, S) | (B, T, S) | (B, 1, T, S), True = attend; S = cached + T."""
         return self.lm_head(self.hidden(ids, cache=cache, positions=positions, mask=mask, layers=layers))
-
-
-def block_context(cfg: TransformerConfig, pos: nn.Module, ids: torch.Tensor, cache: Any = None,
-                  positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Context:
-    """The Context of one forward pass over ``ids`` (B, T): positions after the cache unless given (checked
-    against max_seq_len), the mask as (B or 1, 1, T, S)."""
-    T = ids.shape[1]
-    start = cache.length if cache is not None else 0
-    if positions is None:
-        if start + T > cfg.max_seq_len:  # checked in Python: no tensor op or sync per decode step
-            raise ValueError(f"position {start + T - 1} is beyond max_seq_len {cfg.max_seq_len}")
-        positions = torch.arange(start, start + T, device=ids.device)  # (T,)
-    elif int(positions.max()) >= cfg.max_seq_len:
-        raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {cfg.max_seq_len}")
-    if mask is not None and mask.ndim == 2:
-        mask = mask[None, None]  # (1, 1, T, S)
-    elif mask is not None and mask.ndim == 3:
-        mask = mask[:, None]  # (B, 1, T, S)
-    return Context(positions, pos, mask, cfg.mask == "causal", cache)
-
-
-def keep_aux(store: dict[str, torch.Tensor], ctx: Context) -> None:
-    """Add the pass's auxiliary losses to ``store`` (summed until the Trainer pops them); none without a graph."""
-    if ctx.aux and torch.is_grad_enabled():
-        for k, v in ctx.aux.items():
-            store[k] = store[k] + v if k in store else v
 
 
 def from_checkpoint(folder: str | Path, meta: dict[str, Any]) -> Transformer:

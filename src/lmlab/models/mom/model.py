@@ -1,7 +1,8 @@
 """The MoM network: vanilla bottom layers -> MoM chunks (module pools assembled per token by routers over H rounds)
--> vanilla top layers. Built from core pieces: ``Block`` for vanilla layers, core ``Attention`` projections and its
-``scores_to_output`` (SDPA, or ``naive_attention`` when the model's attn slot is "naive"), the MLP slot, the norm
-and position slots, ``KVCache`` with one slot per attention application.
+-> vanilla top layers. The core ``Transformer`` with another block stack (``build_layers``): embedding, norms,
+head, the LM surface and the forward pass are the core's. Built from core pieces: ``Block`` for vanilla layers,
+core ``Attention`` projections and its ``scores_to_output`` (SDPA, or ``naive_attention`` when the model's attn
+slot is "naive"), the MLP slot, the norm and position slots, ``KVCache`` with one slot per attention application.
 
 Legend: B batch, T new tokens, S cached + new keys, N = B*T tokens, C model width, H heads, Hkv kv heads, D head
 dim, M modules in a pool, K top-k.
@@ -19,7 +20,7 @@ from lmlab.core.blocks import Context, component
 from lmlab.core.checkpoint import CheckpointError, load_into, load_tensors
 from lmlab.core.config import from_dict
 from lmlab.core.kv_cache import KVCache
-from lmlab.core.transformer import Block, TransformerConfig, block_context, keep_aux
+from lmlab.core.transformer import Block, Transformer, TransformerConfig
 
 from .routing import MoMConfig, Routing, balance_loss, fixed_route, make_router, mix_gathered, mix_per_token, route
 
@@ -122,59 +123,42 @@ class MoMChunk(nn.Module):
         return x
 
 
-class MoM(nn.Module):
-    """Mixture-of-Modules causal LM with the core.lm.LM surface (generation, scoring, KV cache)."""
+class MoM(Transformer):
+    """Mixture-of-Modules causal LM: the core Transformer (embedding, norm, head, LM surface, ``hidden``) whose block
+    stack is bottom vanilla blocks, the MoM chunks and top vanilla blocks (``build_layers``)."""
 
     checkpoint_kind = "lmlab-mom"  # meta.json kind (lmlab.load)
 
     def __init__(self, cfg: TransformerConfig, mom: MoMConfig | None = None):
-        super().__init__()
-        mom = mom or MoMConfig()
         if cfg.layer_pattern.strip("F") or cfg.kv_share != 1:
             raise ValueError(f"MoM assembles its own layers: TransformerConfig(layer_pattern={cfg.layer_pattern!r}, "
                              f"kv_share={cfg.kv_share}) is not supported; expected full attention and kv_share 1")
-        self.cfg, self.mom = cfg, mom
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos = component("pos", cfg.pos)(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
-        self.bottom = nn.ModuleList(Block(cfg, i) for i in range(mom.bottom_layers))
-        self.chunks = nn.ModuleList(MoMChunk(cfg, mom, mom.bottom_layers + c * mom.rounds)
-                                    for c in range(mom.chunks))
+        self.mom = mom or MoMConfig()  # read by build_layers during Transformer.__init__
+        super().__init__(cfg)
+
+    def build_layers(self, cfg: TransformerConfig) -> nn.ModuleList:
+        mom = self.mom
         top0 = mom.bottom_layers + mom.chunks * mom.rounds
-        self.top = nn.ModuleList(Block(cfg, top0 + i) for i in range(mom.top_layers))
-        self.norm = component("norm", cfg.norm)(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self._aux: dict[str, torch.Tensor] = {}
-        self.apply(self._init)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-
-    def _init(self, m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=self.cfg.init_std)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-    # the core.lm.LM surface
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
+        return nn.ModuleList([*(Block(cfg, i) for i in range(mom.bottom_layers)),
+                              *(MoMChunk(cfg, mom, mom.bottom_layers + c * mom.rounds) for c in range(mom.chunks)),
+                              *(Block(cfg, top0 + i) for i in range(mom.top_layers))])
 
     @property
-    def max_seq_len(self) -> int:
-        return self.cfg.max_seq_len
+    def bottom(self) -> nn.ModuleList:
+        return self.layers[:self.mom.bottom_layers]
+
+    @property
+    def chunks(self) -> nn.ModuleList:
+        return self.layers[self.mom.bottom_layers:self.mom.bottom_layers + self.mom.chunks]
+
+    @property
+    def top(self) -> nn.ModuleList:
+        return self.layers[self.mom.bottom_layers + self.mom.chunks:]
 
     @property
     def n_layers(self) -> int:
         """Attention applications per token (bottom + chunks x rounds + top): the depth of the computation graph."""
         return self.mom.depth
-
-    @property
-    def device(self) -> torch.device:
-        return self.tok_emb.weight.device
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_emb.weight.numel() if non_embedding else n
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         """One cache slot per attention application: vanilla layers and every (chunk, round)."""
@@ -186,28 +170,6 @@ class MoM(nn.Module):
         """Mix modules with the per-token loop (the reference of the gathered fast path)."""
         for chunk in self.chunks:
             chunk.reference = on
-
-    def hidden(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final normed hidden states (B, T, C)."""
-        ctx = block_context(self.cfg, self.pos, ids, cache, positions, mask)
-        x = self.tok_emb(ids)  # (B, T, C)
-        for layer in (*self.bottom, *self.chunks, *self.top):
-            x = layer(x, ctx)
-        if cache is not None:
-            cache.advance(ids.shape[1])
-        keep_aux(self._aux, ctx)
-        return self.norm(x)
-
-    def pop_aux(self) -> dict[str, torch.Tensor]:
-        """The load-balancing loss (already times aux_coef) summed since the last call; then cleared."""
-        out, self._aux = self._aux, {}
-        return out
-
-    def forward(self, ids: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V). mask: bool (T, S) | (B, T, S) | (B, 1, T, S), True = attend; S = cached + T."""
-        return self.lm_head(self.hidden(ids, cache=cache, positions=positions, mask=mask))
 
 
 def build(mom: MoMConfig | None = None, model: TransformerConfig | None = None) -> MoM:
