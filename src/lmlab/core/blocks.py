@@ -219,12 +219,9 @@ class Attention(nn.Module):
             raise ValueError(f"dim {C} must divide into n_heads {H}, and n_heads into n_kv_heads {Hkv}")
         self.layer_idx, self.H, self.Hkv, self.D = layer_idx, H, Hkv, cfg.head_dim
         layout = kv_layout(cfg)
-        if layer_idx < len(layout.slots):
-            self.slot, self.reuses_kv = layout.slots[layer_idx], layout.reuses(layer_idx)
-            self.window = layout.windows[self.slot]
-            self.shares_kv = layout.slots.count(self.slot) > 1 and not self.reuses_kv  # later layers read its K/V
-        else:  # a module past the config's layers (MoM's pools): full attention in cache slot layer_idx
-            self.slot, self.window, self.reuses_kv, self.shares_kv = layer_idx, None, False, False
+        self.slot, self.reuses_kv = layout.slots[layer_idx], layout.reuses(layer_idx)
+        self.window = layout.windows[self.slot]
+        self.shares_kv = layout.slots.count(self.slot) > 1 and not self.reuses_kv  # later layers read its K/V
         self.q_proj = nn.Linear(C, H * self.D, bias=cfg.bias)
         if not self.reuses_kv:
             self.k_proj = nn.Linear(C, Hkv * self.D, bias=cfg.bias)

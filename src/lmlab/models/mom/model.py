@@ -10,6 +10,7 @@ dim, M modules in a pool, K top-k.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ class MoM(Transformer):
 
     def build_layers(self, cfg: TransformerConfig) -> nn.ModuleList:
         mom = self.mom
+        cfg = dataclasses.replace(cfg, n_layers=mom.depth)  # one attention layer (cache slot) per application
         top0 = mom.bottom_layers + mom.chunks * mom.rounds
         return nn.ModuleList([*(Block(cfg, i) for i in range(mom.bottom_layers)),
                               *(MoMChunk(cfg, mom, mom.bottom_layers + c * mom.rounds) for c in range(mom.chunks)),
