@@ -325,8 +325,8 @@ def test_bad_config_is_a_clear_error(kw, match):
 class ScoreTransform(Attention):
     """An attention that changes the scores (as ALiBi-style plug-ins do): MoICE would drop that change."""
 
-    def scores_to_output(self, q, k, v, mask, causal):
-        return super().scores_to_output(q * 2, k, v, mask, causal)
+    def scores_to_output(self, q, k, v, mask, causal, ctx=None):
+        return super().scores_to_output(q * 2, k, v, mask, causal, ctx)
 
 
 def test_models_moice_cannot_serve_are_clear_errors():

@@ -229,8 +229,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(H * self.D, C, bias=cfg.bias)
         self.qkv_hook = QKVHook()  # identity; compressors replace it (KV-cache quantization, head transforms)
 
-    def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
-        """(B,H,T,D) x (B,H,S,D) -> (B,H,T,D). Subclasses (score transforms) override this."""
+    def scores_to_output(self, q, k, v, mask, causal: bool, ctx: Context | None = None) -> torch.Tensor:
+        """(B,H,T,D) x (B,H,S,D) -> (B,H,T,D). Subclasses (score transforms) override this; ``ctx`` gives them the
+        pass's positions (``query_key_positions``)."""
         if self.naive:
             if mask is None and causal:
                 T, S = q.shape[2], k.shape[2]
@@ -292,7 +293,7 @@ class Attention(nn.Module):
             v = v.repeat_interleave(rep, dim=1)
         if causal and mask is None and cache is not None and T > 1 and k.shape[2] > T:
             mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
-        y = self.scores_to_output(q, k, v, mask, causal)  # (B, H, T, D)
+        y = self.scores_to_output(q, k, v, mask, causal, ctx)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
 
 

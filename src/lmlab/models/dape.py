@@ -232,25 +232,13 @@ def reference_conv(z: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 # ---------------------------------------------------------------- the attention slots
 
 
-class PositionedAttention(Attention):
-    """An Attention whose score transform needs the absolute positions of its queries and keys: ``forward`` keeps
-    the pass's context for ``scores_to_output`` (which sees only tensors)."""
-
-    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        self._ctx = ctx
-        try:
-            return super().forward(x, ctx)
-        finally:
-            self._ctx = None
-
-    def positions(self, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = getattr(self, "_ctx", None)
-        if ctx is None:  # called outside a model's forward: queries are the last T of S consecutive keys
-            return torch.arange(S - T, S), torch.arange(S)
-        return query_key_positions(ctx, T, S)
+def positions(ctx: Context | None, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key positions of the pass; without a context (a direct call), queries are the last T of S
+    consecutive keys."""
+    return query_key_positions(ctx, T, S) if ctx is not None else (torch.arange(S - T, S), torch.arange(S))
 
 
-class BiasAttention(PositionedAttention):
+class BiasAttention(Attention):
     """Attention with an additive relative bias: softmax(QK^T/sqrt(d) + Bias, masked) V. The fast path hands the
     bias to SDPA as a float mask; ``naive = True`` computes the scores and the bias explicitly."""
 
@@ -261,10 +249,10 @@ class BiasAttention(PositionedAttention):
         self.opts = slot_options(cfg, "attn", Config)
         self.bias = BIASES[self.kind](cfg.n_heads, self.opts)
 
-    def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+    def scores_to_output(self, q, k, v, mask, causal: bool, ctx: Context | None = None) -> torch.Tensor:
         T, S = q.shape[2], k.shape[2]
         keep = allowed(mask, causal, T, S, q.device)
-        pos = [p.to(q.device) for p in self.positions(T, S)]
+        pos = [p.to(q.device) for p in positions(ctx, T, S)]
         if self.naive:
             bias = self.bias.reference(*pos).to(q.dtype)  # (1 or B, H, T, S)
             return masked_softmax_v(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, keep, v)
@@ -288,7 +276,7 @@ class FIREAttention(BiasAttention):
     kind = "fire"
 
 
-class DAPEAttention(PositionedAttention):
+class DAPEAttention(Attention):
     """DAPE: A' = A + Bias + F(tril(concat(A, Bias))); F two (1, k) convs with a LeakyReLU (k = 1: DAPE v1).
 
     ``zero_future`` is the causality switch (the official ``tril``): never turn it off outside a test.
@@ -312,11 +300,11 @@ class DAPEAttention(PositionedAttention):
             z = z.masked_fill(~keep, 0.0)
         return z
 
-    def scores_to_output(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+    def scores_to_output(self, q, k, v, mask, causal: bool, ctx: Context | None = None) -> torch.Tensor:
         T, S = q.shape[2], k.shape[2]
         keep = allowed(mask, causal, T, S, q.device)
         a = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-        pos = [p.to(q.device) for p in self.positions(T, S)]
+        pos = [p.to(q.device) for p in positions(ctx, T, S)]
         if self.opts.kernel > 1 and keep is not None and not contiguous(keep):
             raise ValueError(f"DAPE (kernel {self.opts.kernel}) convolves along the key axis, so every query must see "
                              "one contiguous run of keys (causal, window or document masks); a draft tree's mask "
