@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import masks
+
 # ---------------------------------------------------------------- the context of one forward pass
 
 
@@ -235,7 +237,7 @@ class Attention(nn.Module):
         if self.naive:
             if mask is None and causal:
                 T, S = q.shape[2], k.shape[2]
-                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+                mask = masks.causal(T, S, device=q.device)
             return naive_attention(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=causal and mask is None and q.shape[2] == k.shape[2])
@@ -264,7 +266,7 @@ class Attention(nn.Module):
         if q.ndim == 2:
             near = near[:, None]  # (B, 1, T, S)
         if mask is None:
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+            mask = masks.causal(T, S, device=q.device)
         return mask & near
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -292,7 +294,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(rep, dim=1)
         if causal and mask is None and cache is not None and T > 1 and k.shape[2] > T:
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+            mask = masks.causal(T, k.shape[2], device=x.device)
         y = self.scores_to_output(q, k, v, mask, causal, ctx)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
 

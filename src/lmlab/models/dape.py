@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.core import masks
 from lmlab.core.blocks import Attention, Context, query_key_positions, slot_options
 from lmlab.core.config import param
 
@@ -195,7 +196,7 @@ def allowed(mask: torch.Tensor | None, causal: bool, T: int, S: int, device: Any
     if mask is not None:
         return mask
     if causal:
-        return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+        return masks.causal(T, S, device=device)
     return None
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.core import masks
 from lmlab.core.blocks import RoPE, naive_attention
 from lmlab.core.config import param
 
@@ -173,7 +174,7 @@ def causal_mask(mask: torch.Tensor | None, causal: bool, T: int, S: int, device:
         return mask, False
     if T == S:
         return None, True
-    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T), False
+    return masks.causal(T, S, device=device), False
 
 
 def mixed_attention(q_rot: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
@@ -205,7 +206,7 @@ def naive_mixed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: 
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
     mask, is_causal = causal_mask(mask, causal, T, S, q.device)
     if is_causal:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        mask = masks.causal(T, S, device=q.device)
     if mask is not None and mask.dtype != torch.bool:  # an additive float mask (Hugging Face eager)
         mask = mask > torch.finfo(mask.dtype).min / 2
     out = torch.zeros_like(q)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmlab.core import masks
 from lmlab.core.blocks import Context, component
 from lmlab.core.checkpoint import CheckpointError, load_into, load_tensors
 from lmlab.core.config import from_dict
@@ -106,7 +107,7 @@ class MoMChunk(nn.Module):
         if Hkv != H:
             k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, D)
         if causal and mask is None and ctx.cache is not None and T > 1 and k.shape[2] > T:
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+            mask = masks.causal(T, k.shape[2], device=x.device)
         y = first.scores_to_output(q, k, v, mask, causal, ctx)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B * T, H * D)
         out = self.mix(lambda m, h: self.attns[m].attn.o_proj(h), y, routing, self.mom.n_attn, cfg.dim)
