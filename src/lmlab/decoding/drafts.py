@@ -47,7 +47,7 @@ class SkipLayers(nn.Module):
         return self.model.device
 
     def new_cache(self, batch: int = 1, max_len: int | None = None, rollback: int = 0) -> Any:
-        return new_cache(self.model, max_len, rollback) if batch == 1 else self.model.new_cache(batch, max_len)
+        return new_cache(self.model, max_len, rollback, batch)
 
     def forward(self, ids: torch.Tensor, *, cache: Any = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +82,7 @@ class SubVocabDraft(nn.Module):
         return self.model.device
 
     def new_cache(self, batch: int = 1, max_len: int | None = None, rollback: int = 0) -> Any:
-        return new_cache(self.model, max_len, rollback) if batch == 1 else self.model.new_cache(batch, max_len)
+        return new_cache(self.model, max_len, rollback, batch)
 
     def forward(self, ids: torch.Tensor, *, cache: Any = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

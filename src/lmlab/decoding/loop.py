@@ -109,12 +109,12 @@ def commit(cache: Any, keep_from: int, slots: list[int]) -> None:
         cache.gather(index)
 
 
-def new_cache(model: Any, max_len: int, rollback: int = 0) -> Any:
-    """A batch-1 cache of ``max_len`` positions. ``rollback``: how many positions one round may write and then
-    undo; a model whose ``new_cache`` takes it (sliding-window layers keep that many beyond their window) gets it."""
+def new_cache(model: Any, max_len: int | None, rollback: int = 0, batch: int = 1) -> Any:
+    """A cache of ``max_len`` positions. ``rollback``: how many positions one round may write and then undo; a
+    model whose ``new_cache`` takes it (sliding-window layers keep that many beyond their window) gets it."""
     if rollback and "rollback" in inspect.signature(model.new_cache).parameters:
-        return model.new_cache(batch=1, max_len=max_len, rollback=rollback)
-    return model.new_cache(batch=1, max_len=max_len)
+        return model.new_cache(batch=batch, max_len=max_len, rollback=rollback)
+    return model.new_cache(batch=batch, max_len=max_len)
 
 
 @torch.no_grad()
