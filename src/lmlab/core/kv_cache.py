@@ -84,10 +84,8 @@ class KVCache:
         """Going back to length n needs, in every window slot, the positions [n - W + 1, n) (after a gather: the
         positions ``index`` maps there) to be still held."""
         for s, w in enumerate(self.windows):
-            need = torch.arange(max(0, n - w + 1), n) if w is not None else None
-            if need is not None and need.numel() and index is not None:
-                need = index[need]
-            if need is not None and need.numel() and int(need.min()) < self.start[s]:
+            lo = n if w is None else max(0, n - w + 1)  # the oldest new position a window slot must still hold
+            if lo < n and (int(index[lo]) if index is not None else lo) < self.start[s]:  # index increases
                 raise ValueError(f"cannot {what} to length {n}: sliding-window slot {s} (window {w}) holds only "
                                  f"positions >= {self.start[s]}; make the cache with a larger rollback (it keeps "
                                  f"{self.caps[s] - w} positions beyond the window)")
@@ -109,16 +107,19 @@ class KVCache:
         if index.ndim != 1 or (index.numel() and int(index.max()) >= self.length):
             raise ValueError(f"gather index must be 1-D with values < cache length {self.length}")
         n = index.numel()
-        self._check_kept(n, "gather", index.cpu())
+        self._check_kept(n, "gather", index)
         for s in range(len(self.k)):
-            cap = self.caps[s]
-            lo = max(0, n - cap) if self.windows[s] is not None else 0
+            if self.windows[s] is None:  # a full slot: index = position
+                self.k[s][:, :, :n] = self.k[s].index_select(2, index)
+                self.v[s][:, :, :n] = self.v[s].index_select(2, index)
+                continue
+            cap, lo = self.caps[s], max(0, n - self.caps[s])
             valid = (index[lo:] >= self.start[s]).nonzero()  # sources still held (index increases)
             lo = lo + (int(valid[0]) if valid.numel() else n - lo)
             src, dst = index[lo:] % cap, torch.arange(lo, n, device=index.device) % cap  # (n - lo,)
             self.k[s].index_copy_(2, dst, self.k[s].index_select(2, src))
             self.v[s].index_copy_(2, dst, self.v[s].index_select(2, src))
-            self.start[s] = lo if self.windows[s] is not None else 0
+            self.start[s] = lo
         self.length = n
 
     def select_batch(self, rows: torch.Tensor) -> None:
